@@ -1,0 +1,84 @@
+"""The application factory: all wiring happens here, and everything hangs off the app."""
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import date, datetime
+
+from aiohttp import web
+
+from service import __version__, keys, views
+from service.db import SQLITE_VERSION, UserStore
+from service.logs import configure_logging
+from service.metrics import Metrics
+from service.middlewares import observe, problems
+from service.settings import Config
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.Application:
+    """The public application; its start-up opens the store and the metrics port."""
+    app = web.Application(middlewares=[observe, problems], client_max_size=views.MAX_BODY_BYTES)
+    app[keys.CONFIG] = config
+    app[keys.CLOCK] = clock or (lambda: datetime.now(config.zone).date())
+    app[keys.METRICS] = Metrics()
+    app[keys.STATE] = keys.State()
+    app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_metrics_server)
+    app.on_shutdown.append(_drain)
+
+    app.router.add_put("/hello/{username:.*}", views.put_hello)
+    app.router.add_get("/hello/{username:.*}", views.get_hello)
+    app.router.add_get("/healthz", views.healthz)
+    app.router.add_get("/readyz", views.readyz)
+    app.router.add_get("/openapi.json", views.openapi)
+    return app
+
+
+async def app_factory() -> web.Application:
+    """For gunicorn (``service.app:app_factory``): settings from the environment."""
+    config = Config.from_env()
+    configure_logging(config.logging_level)
+    return create_app(config)
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    config = app[keys.CONFIG]
+    store = await UserStore.open(config.database_path, observe=app[keys.METRICS].observe_db)
+    app[keys.STORE] = store
+    log.info(
+        "started",
+        extra={
+            "version": __version__,
+            "sqlite_version": SQLITE_VERSION,
+            "database": str(config.database_path),
+            "timezone": config.timezone,
+        },
+    )
+    yield
+    await store.close()
+    log.info("database closed", extra={"database": str(config.database_path)})
+
+
+async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
+    """Prometheus on its own port, so that the public port never exposes it."""
+    config = app[keys.CONFIG]
+    metrics_app = web.Application()
+    metrics_app[keys.STORE] = app[keys.STORE]
+    metrics_app[keys.METRICS] = app[keys.METRICS]
+    metrics_app.router.add_get("/metrics", views.metrics)
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.metrics_host, config.metrics_port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    app[keys.STATE].metrics_port = sockets[0].getsockname()[1] if sockets else config.metrics_port
+    yield
+    await runner.cleanup()
+
+
+async def _drain(app: web.Application) -> None:
+    # Runs once the listening sockets are closed; requests already in flight go on to finish.
+    app[keys.STATE].draining = True
+    log.info("draining: finishing requests in flight")

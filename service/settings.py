@@ -1,0 +1,95 @@
+"""Configuration from environment variables, checked once at start-up."""
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A setting with a value the service cannot run with; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_path: Path = Path("data/hello.db")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9091
+    log_level: str = "INFO"
+    timezone: str = "UTC"
+    shutdown_timeout: float = 20.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        config = cls(
+            host=_text(env, "HOST", defaults.host),
+            port=_port(env, "PORT", defaults.port),
+            database_path=Path(_text(env, "DATABASE_PATH", str(defaults.database_path))),
+            metrics_host=_text(env, "METRICS_HOST", defaults.metrics_host),
+            metrics_port=_port(env, "METRICS_PORT", defaults.metrics_port),
+            log_level=_log_level(env, "LOG_LEVEL", defaults.log_level),
+            timezone=_timezone(env, "TIMEZONE", defaults.timezone),
+            shutdown_timeout=_seconds(env, "SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
+        )
+        if config.port == config.metrics_port and config.port != 0:
+            raise ConfigError(f"METRICS_PORT must differ from PORT (both are {config.port})")
+        return config
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def logging_level(self) -> int:
+        return logging.getLevelNamesMapping()[self.log_level]
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise ConfigError(f"{name} must be a port number from 0 to 65535, not {raw!r}")
+    return int(raw)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise ConfigError(f"{name} must be a number of seconds above 0 and at most 3600, not {raw!r}")
+    return value
+
+
+def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip().upper() or default
+    if raw not in _LOG_LEVELS:
+        raise ConfigError(f"{name} must be one of {', '.join(_LOG_LEVELS)}, not {raw!r}")
+    return raw
+
+
+def _timezone(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{name} must be an IANA time zone name such as UTC, not {raw!r}") from None
+    return raw

@@ -1,0 +1,97 @@
+"""HTTP handlers: parse and check the request, ask the store, shape the answer. No SQL here."""
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from service import keys
+from service.birthdays import InvalidDateOfBirth, greeting, is_valid_username, parse_date_of_birth
+from service.db import DatabaseError, NotMigrated
+from service.openapi import OPENAPI_DOCUMENT
+from service.problems import InvalidInput, NotFound, ServiceUnavailable, UnsupportedMediaType
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024
+_READY_TIMEOUT_SECONDS = 2.0
+
+
+def _username(request: web.Request) -> str:
+    username = request.match_info["username"]
+    if not is_valid_username(username):
+        raise InvalidInput(f"username {username!r} is not allowed: use 1 to 64 ASCII letters (A-Z, a-z)")
+    return username
+
+
+def _check_content_type(request: web.Request) -> None:
+    # No Content-Type at all is accepted; aiohttp reports that as application/octet-stream, so
+    # look at the header itself.
+    if "Content-Type" in request.headers and request.content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type {request.headers['Content-Type']!r} is not accepted: send "
+            'application/json with a body like {"dateOfBirth": "YYYY-MM-DD"}'
+        )
+
+
+def _date_of_birth_text(body: bytes) -> str:
+    try:
+        document: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidInput('the body is not valid JSON: send {"dateOfBirth": "YYYY-MM-DD"}') from None
+    if not isinstance(document, dict):
+        raise InvalidInput('the body must be a JSON object: {"dateOfBirth": "YYYY-MM-DD"}')
+    text = document.get("dateOfBirth")
+    if not isinstance(text, str):
+        raise InvalidInput('"dateOfBirth" is required and must be a string "YYYY-MM-DD"')
+    return text
+
+
+async def put_hello(request: web.Request) -> web.Response:
+    username = _username(request)
+    _check_content_type(request)
+    text = _date_of_birth_text(await request.read())
+    today = request.app[keys.CLOCK]()
+    try:
+        born = parse_date_of_birth(text, today)
+    except InvalidDateOfBirth as exc:
+        raise InvalidInput(f"dateOfBirth {exc}") from None
+    await request.app[keys.STORE].upsert_birthday(username, born)
+    return web.Response(status=204)
+
+
+async def get_hello(request: web.Request) -> web.Response:
+    username = _username(request)
+    born = await request.app[keys.STORE].find_birthday(username)
+    if born is None:
+        raise NotFound(f"no date of birth is stored for {username!r}; PUT one first")
+    message = greeting(username, born, request.app[keys.CLOCK]())
+    return web.json_response({"message": message})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[keys.STATE].draining:
+        raise ServiceUnavailable("shutting down; not taking new work")
+    try:
+        async with asyncio.timeout(_READY_TIMEOUT_SECONDS):
+            await request.app[keys.STORE].check_ready()
+    except (DatabaseError, NotMigrated, TimeoutError) as exc:
+        log.warning("not ready", extra={"reason": str(exc) or type(exc).__name__})
+        raise ServiceUnavailable("the database is not answering or not migrated") from None
+    return web.json_response({"status": "ready"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI_DOCUMENT)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[keys.METRICS]
+    registry.users.set(await request.app[keys.STORE].count_users())
+    return registry.exposition()
