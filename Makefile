@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make run` replicates to a folder on this machine; production sets an s3:// URL instead.
+REPLICA_URL ?= file://$(CURDIR)/data/replica
 
 .PHONY: run dev test lint typecheck pytest bench clean
 
@@ -14,7 +16,7 @@ $(STAMP): pyproject.toml
 
 ## run: the production stack on this machine (Litestream to a local replica, gunicorn) on :8080
 run: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" ./scripts/start.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" REPLICA_URL="$(REPLICA_URL)" ./scripts/start.sh
 
 ## dev: the development server alone (aiohttp's runner, no replication) on :8080
 dev: $(STAMP)
