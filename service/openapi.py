@@ -22,7 +22,7 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                     "in": "path",
                     "required": True,
                     "description": "1 to 64 ASCII letters; case-sensitive.",
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "pattern": "^[A-Za-z]{1,64}$"},
                 }
             ],
             "put": {
@@ -90,7 +90,8 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                     "dateOfBirth": {
                         "type": "string",
                         "format": "date",
-                        "description": "YYYY-MM-DD, strictly before today.",
+                        "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                        "description": "YYYY-MM-DD, a real calendar date strictly before today.",
                         "examples": ["1990-07-14"],
                     }
                 },

@@ -1,0 +1,83 @@
+"""The production server, a real gunicorn process: SIGTERM while requests are in flight."""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support import free_port, http_status, wait_for_status
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_gunicorn(database: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "METRICS_PORT": str(free_port()),
+        "DATABASE_PATH": str(database),
+        "SHUTDOWN_TIMEOUT": "10",
+    }
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    return subprocess.Popen(
+        [str(gunicorn), "-c", "gunicorn.conf.py"], cwd=ROOT, env=env, start_new_session=True
+    )
+
+
+def send_put(port: int, username: str) -> socket.socket:
+    """Send a whole PUT and return the connection, for its answer to be read later."""
+    body = b'{"dateOfBirth": "1990-04-01"}'
+    conn = socket.create_connection(("127.0.0.1", port), timeout=15)
+    head = (
+        f"PUT /hello/{username} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    conn.sendall(head.encode() + body)
+    return conn
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path: Path) -> None:
+    database = tmp_path / "hello.db"
+    port = free_port()
+    server = start_gunicorn(database, port)
+    try:
+        wait_for_status(f"http://127.0.0.1:{port}/readyz")
+        # Hold the database's write lock, as a long checkpoint would: the PUTs below wait for it
+        # (busy_timeout), so they are in flight inside the server when SIGTERM arrives.
+        blocker = sqlite3.connect(database, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        names = ["Ann", "Bea", "Cat", "Dot", "Eve"]
+        in_flight = [send_put(port, name) for name in names]
+        time.sleep(0.3)
+
+        server.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert server.poll() is None, "the server quit with requests in flight"
+        # New connections are refused while draining.
+        assert http_status(f"http://127.0.0.1:{port}/healthz", timeout=1) is None
+
+        blocker.execute("COMMIT")
+        blocker.close()
+        answers = [conn.recv(4096).split(b"\r\n", 1)[0] for conn in in_flight]
+        for conn in in_flight:
+            conn.close()
+        assert answers == [b"HTTP/1.1 204 No Content"] * len(names)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+    # The database was closed cleanly: the last connection checkpointed and removed the WAL.
+    assert not Path(f"{database}-wal").exists()
+    check = sqlite3.connect(database)
+    try:
+        stored = check.execute("SELECT username FROM users ORDER BY username").fetchall()
+    finally:
+        check.close()
+    assert stored == [(name,) for name in names]

@@ -1,0 +1,89 @@
+"""Settings from the environment: defaults, and bad values that stop start-up naming the variable."""
+
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from service import keys
+from service.app import create_app
+from service.settings import Config, ConfigError
+
+
+def test_defaults() -> None:
+    config = Config.from_env({})
+    assert (config.host, config.port, config.metrics_port) == ("127.0.0.1", 8080, 9091)
+    assert config.database_path == Path("data/hello.db")
+    assert (config.log_level, config.timezone) == ("INFO", "UTC")
+
+
+def test_values_are_read() -> None:
+    config = Config.from_env(
+        {
+            "HOST": "0.0.0.0",
+            "PORT": "9000",
+            "DATABASE_PATH": "/data/x.db",
+            "METRICS_PORT": "9100",
+            "LOG_LEVEL": "debug",
+            "TIMEZONE": "Europe/Paris",
+            "SHUTDOWN_TIMEOUT": "12.5",
+        }
+    )
+    assert config == Config(
+        host="0.0.0.0",
+        port=9000,
+        database_path=Path("/data/x.db"),
+        metrics_port=9100,
+        log_level="DEBUG",
+        timezone="Europe/Paris",
+        shutdown_timeout=12.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("PORT", "-1"),
+        ("METRICS_PORT", "x"),
+        ("LOG_LEVEL", "LOUD"),
+        ("TIMEZONE", "Mars/Olympus"),
+        ("TIMEZONE", "../etc/passwd"),
+        ("SHUTDOWN_TIMEOUT", "0"),
+        ("SHUTDOWN_TIMEOUT", "soon"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({name: value})
+
+
+def test_metrics_port_must_differ_from_the_public_port() -> None:
+    with pytest.raises(ConfigError, match="METRICS_PORT"):
+        Config.from_env({"PORT": "9000", "METRICS_PORT": "9000"})
+
+
+def test_the_process_stops_with_a_message_that_names_the_variable(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        env={"PORT": "eighty", "DATABASE_PATH": str(tmp_path / "x.db"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "PORT" in result.stderr and "eighty" in result.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago"])
+def test_the_timezone_sets_the_services_today(zone: str) -> None:
+    # Kiritimati is UTC+14 and Pago Pago UTC-11: for most of each day one of them is on another date.
+    app = create_app(Config.from_env({"TIMEZONE": zone}))
+    before = datetime.now(ZoneInfo(zone)).date()
+    today = app[keys.CLOCK]()
+    assert before <= today <= datetime.now(ZoneInfo(zone)).date()
