@@ -1,0 +1,405 @@
+"""Real processes for the drills: an S3 server (moto), and the whole stack started by scripts/start.sh.
+
+Fixtures:
+
+- ``s3_server`` (session): a real ``moto_server`` on 127.0.0.1 with the bucket ``drills`` created. Clients
+  reach it through a small TCP relay, so that ``s3_server.stop()`` makes the store unreachable
+  (connections refused, open ones cut) while moto keeps its data, and ``s3_server.start()`` brings it
+  back on the same port. ``endpoint`` is the relayed URL (give it to the service), ``direct_endpoint``
+  reaches moto always (for checks from the test). ``replica_url(prefix)`` builds a REPLICA_URL.
+- ``stack_factory`` (function): ``stack_factory(data_dir, replica_url=...)`` starts scripts/start.sh
+  in its own process group and returns a ``Stack`` once /readyz answers; every process group it
+  started is killed at teardown, even when the test fails.
+- ``replica_url``: a fresh replica path in the bucket for this test.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import boto3
+import pytest
+
+from tests.support import free_port, http_status
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+START_SH = ROOT / "scripts" / "start.sh"
+RESTORE_SH = ROOT / "scripts" / "restore.sh"
+BUCKET = "drills"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+
+def tool(name: str) -> str:
+    """A program from the project's virtualenv (litestream, moto_server, gunicorn, python)."""
+    path = VENV_BIN / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `make` to install the virtualenv")
+    return str(path)
+
+
+def base_env() -> dict[str, str]:
+    """The environment for child processes: the virtualenv's bin first on PATH, test credentials."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(CREDENTIALS)
+    return env
+
+
+def stop_group(process: "subprocess.Popen[Any]", sig: int = signal.SIGKILL, timeout: float = 10.0) -> None:
+    """Send ``sig`` to the process group led by ``process`` and reap the leader."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} within {timeout} s")
+
+
+class _Relay:
+    """A TCP relay from a fixed loopback port to moto; closing it is an outage that keeps moto's data."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target_port = target_port
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._connections: set[socket.socket] = set()
+
+    def open(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        with self._lock:
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def close(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            connections, self._connections = self._connections, set()
+        if listener is not None:
+            listener.close()
+        for conn in connections:
+            _close_quietly(conn)
+
+    @property
+    def is_open(self) -> bool:
+        return self._listener is not None
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=5)
+            except OSError:
+                _close_quietly(client)
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    _close_quietly(client)
+                    _close_quietly(upstream)
+                    return
+                self._connections.update((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            source.settimeout(None)
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for conn in (source, sink):
+                with self._lock:
+                    self._connections.discard(conn)
+                _close_quietly(conn)
+
+
+def _close_quietly(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
+
+
+class S3Client(Protocol):
+    def list_objects_v2(self, **kwargs: Any) -> dict[str, Any]: ...
+    def create_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+@dataclass
+class S3Server:
+    """A running moto_server; ``endpoint`` goes through a relay that ``stop``/``start`` close and reopen."""
+
+    process: "subprocess.Popen[bytes]"
+    moto_port: int
+    relay: _Relay
+    bucket: str = BUCKET
+    credentials: Mapping[str, str] = field(default_factory=lambda: dict(CREDENTIALS))
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.relay.port}"
+
+    @property
+    def direct_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.moto_port}"
+
+    def replica_url(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}?endpoint={self.endpoint}&region=us-east-1"
+
+    def stop(self) -> None:
+        """The store becomes unreachable: new connections are refused and open ones are cut."""
+        self.relay.close()
+
+    def start(self) -> None:
+        """The store is reachable again on the same port, with the data it had."""
+        if not self.relay.is_open:
+            self.relay.open()
+
+    def client(self) -> S3Client:
+        client: S3Client = boto3.client(
+            "s3",
+            endpoint_url=self.direct_endpoint,
+            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
+        return client
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every object key under ``prefix/`` in the bucket."""
+        found: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            page = self.client().list_objects_v2(Bucket=self.bucket, Prefix=f"{prefix}/", **token)
+            found.extend(item["Key"] for item in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return found
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+
+def start_moto(env: Mapping[str, str] | None = None) -> tuple["subprocess.Popen[bytes]", int]:
+    """A moto_server on a free loopback port, answering; the caller stops its process group."""
+    port = free_port()
+    process = subprocess.Popen(
+        [tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**base_env(), **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: http_status(f"http://127.0.0.1:{port}/moto-api/") is not None,
+            timeout=30,
+            what=f"moto_server did not answer on port {port}",
+        )
+    except BaseException:
+        stop_group(process)
+        raise
+    return process, port
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    process, port = start_moto()
+    relay = _Relay(port)
+    try:
+        relay.open()
+        server = S3Server(process=process, moto_port=port, relay=relay)
+        server.client().create_bucket(Bucket=server.bucket)
+        yield server
+    finally:
+        relay.close()
+        stop_group(process, signal.SIGTERM)
+
+
+@pytest.fixture
+def replica_url(s3_server: S3Server) -> str:
+    """A replica path of its own in the drills bucket."""
+    return s3_server.replica_url(f"drill-{uuid.uuid4().hex[:12]}")
+
+
+@dataclass
+class Stack:
+    """scripts/start.sh and everything it started (Litestream, gunicorn), in one process group."""
+
+    process: "subprocess.Popen[bytes]"
+    base_url: str
+    database_path: Path
+    log_path: Path
+    env: dict[str, str]
+    started_at: float
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM to the entrypoint only (Litestream, PID 1's child in the container), as Fly does."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the stack at once: a machine that loses power."""
+        stop_group(self.process, signal.SIGKILL)
+
+
+class StackFactory(Protocol):
+    def __call__(
+        self,
+        data_dir: Path,
+        *,
+        replica_url: str,
+        wait: bool = True,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> Stack: ...
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[StackFactory]:
+    started: list[Stack] = []
+
+    def start(
+        data_dir: Path,
+        *,
+        replica_url: str,
+        wait: bool = True,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> Stack:
+        port, metrics_port, litestream_port = free_port(), free_port(), free_port()
+        env = base_env()
+        env.update(
+            HOST="127.0.0.1",
+            PORT=str(port),
+            METRICS_HOST="127.0.0.1",
+            METRICS_PORT=str(metrics_port),
+            DATABASE_PATH=str(data_dir / "hello.db"),
+            REPLICA_URL=replica_url,
+            LITESTREAM_METRICS_ADDR=f"127.0.0.1:{litestream_port}",
+            LOG_LEVEL="WARNING",
+            SHUTDOWN_TIMEOUT="10",
+        )
+        env.update(extra_env or {})
+        log_path = tmp_path / f"stack-{len(started)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [str(START_SH)],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        stack = Stack(
+            process=process,
+            base_url=f"http://127.0.0.1:{port}",
+            database_path=data_dir / "hello.db",
+            log_path=log_path,
+            env=env,
+            started_at=time.monotonic(),
+        )
+        started.append(stack)
+        if wait:
+            wait_ready(stack)
+        return stack
+
+    try:
+        yield start
+    finally:
+        for stack in started:
+            stop_group(stack.process, signal.SIGKILL)
+
+
+def wait_ready(stack: Stack, timeout: float = 60.0) -> None:
+    """Poll /readyz until it answers 200; fail early, with the stack's log, if the stack exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stack.process.poll() is not None:
+            raise AssertionError(f"the stack exited with {stack.process.returncode}:\n{stack.logs()}")
+        if http_status(stack.url("/readyz"), timeout=1.0) == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the stack did not become ready within {timeout} s:\n{stack.logs()}")
+
+
+def put_birthday(
+    base_url: str, username: str, date_of_birth: str = "1990-05-17", timeout: float = 5.0
+) -> int:
+    """PUT /hello/<username>; the HTTP status, or 0 when the request got no answer."""
+    request = urllib.request.Request(
+        f"{base_url}/hello/{username}",
+        data=f'{{"dateOfBirth": "{date_of_birth}"}}'.encode(),
+        headers={"Content-Type": "application/json"},
+        method="PUT",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def restore_replica(replica_url: str, output: Path, *extra: str, timeout: float = 120.0) -> float:
+    """``litestream restore`` of ``replica_url`` into ``output``; the seconds it took."""
+    env = base_env()
+    env.pop("AWS_CA_BUNDLE", None)  # Litestream 0.5.17's S3 client cannot start with it set.
+    began = time.monotonic()
+    result = subprocess.run(
+        [tool("litestream"), "restore", *extra, "-o", str(output), replica_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+    assert result.returncode == 0, f"restore failed: {result.stdout}{result.stderr}"
+    return time.monotonic() - began
+
+
+def usernames(database: Path) -> set[str]:
+    """Every username in a database file, read with the SQLite the service uses."""
+    import pysqlite3.dbapi2 as sqlite  # the service's SQLite (3.53), not the stdlib's
+
+    connection = sqlite.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in connection.execute("SELECT username FROM users")}
+    finally:
+        connection.close()

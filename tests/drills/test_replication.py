@@ -1,0 +1,27 @@
+"""Drill 1: a graceful stop replicates every acknowledged write; a fresh restore holds them all."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.drills.conftest import StackFactory, put_birthday, restore_replica, usernames
+
+USERS = 300
+
+
+@pytest.mark.slow
+def test_graceful_stop_replicates_every_write(
+    stack_factory: StackFactory, replica_url: str, tmp_path: Path
+) -> None:
+    stack = stack_factory(tmp_path / "data", replica_url=replica_url)
+    names = [f"user{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}" for i in range(USERS)]
+    acknowledged = [name for name in names if put_birthday(stack.base_url, name) == 204]
+    assert len(acknowledged) == USERS, stack.logs()
+
+    assert stack.terminate() == 0, stack.logs()
+
+    restored = tmp_path / "restored.db"
+    seconds = restore_replica(replica_url, restored, "-integrity-check", "full")
+    lost = set(acknowledged) - usernames(restored)
+    print(f"\n[replication] writes acknowledged={USERS} lost={len(lost)} restore={seconds:.2f}s")
+    assert not lost
