@@ -47,7 +47,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     DATABASE_PATH=/data/hello.db \
     METRICS_HOST=0.0.0.0 \
     METRICS_PORT=9091 \
-    LITESTREAM_ADDR=0.0.0.0:9090
+    LITESTREAM_METRICS_ADDR=0.0.0.0:9090
 EXPOSE 8080 9091 9090
 
 # Ready means migrated and answering: /readyz runs a query. The start period covers a restore from

@@ -25,7 +25,8 @@ done
 
 started=$SECONDS
 # minbase: essential packages and apt only; Python, venv, pip, CA roots and zone data on top.
-# The customize hooks run with "$1" set to the new root file system.
+# The customize hooks run with "$1" set to the new root file system (hence the single quotes).
+# shellcheck disable=SC2016
 mmdebstrap \
     --variant=minbase \
     --include=python3,python3-venv,python3-pip,ca-certificates,tzdata \
