@@ -4,7 +4,13 @@ One worker process: SQLite has one writer, and a single asyncio worker serves al
 """
 
 import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from aiohttp import web
+
+from service import keys
 from service.settings import Config
 
 _config = Config.from_env()
@@ -30,3 +36,24 @@ proc_name = "hello-birthday"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # gunicorn's run-time control socket is not used, and would need a writable home directory.
 control_socket_disable = True
+
+
+def post_worker_init(worker: Any) -> None:
+    """Answer /readyz with 503 from the moment SIGTERM arrives.
+
+    The aiohttp worker notices SIGTERM at its next tick (up to a second later) and only then stops
+    accepting; in between, requests are still served, but readiness already says "going away".
+    """
+    make_app: Callable[[], Awaitable[web.Application]] = worker.wsgi
+
+    async def app_that_drains_on_sigterm() -> web.Application:
+        app = await make_app()
+
+        def on_sigterm() -> None:
+            app[keys.STATE].draining = True
+            worker.handle_exit(signal.SIGTERM, None)
+
+        worker.loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        return app
+
+    worker.wsgi = app_that_drains_on_sigterm

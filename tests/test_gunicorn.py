@@ -81,3 +81,28 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path: Path) -> 
     finally:
         check.close()
     assert stored == [(name,) for name in names]
+
+
+def test_readiness_turns_503_at_sigterm_before_the_socket_closes(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_gunicorn(tmp_path / "hello.db", port)
+    url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        wait_for_status(url)
+        server.send_signal(signal.SIGTERM)
+        answers: list[int | None] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (not answers or answers[-1] is not None):
+            answers.append(http_status(url, timeout=1))
+            time.sleep(0.002)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    # The master passes SIGTERM on to the worker within milliseconds (200s until then); from then
+    # on 503 while the worker still accepts, then the socket closes (None), and never 200 again.
+    first_503 = answers.index(503)
+    assert set(answers[:first_503]) <= {200}
+    assert set(answers[first_503:-1]) == {503}
+    assert answers[-1] is None
