@@ -10,7 +10,12 @@ Fixtures:
 - ``stack_factory`` (function): ``stack_factory(data_dir, replica_url=...)`` starts scripts/start.sh
   in its own process group and returns a ``Stack`` once /readyz answers; every process group it
   started is killed at teardown, even when the test fails.
+  ``port=`` reuses a port (a replacement on the same address), ``wait=False`` returns at once (for
+  start-ups that must fail), ``extra_env=`` adds or overrides settings.
 - ``replica_url``: a fresh replica path in the bucket for this test.
+
+Helpers: ``WriteLoad`` (bounded concurrent PUTs that record what was acknowledged and when),
+``put_birthday``, ``restore_replica``, ``usernames`` (what a database file holds), ``record_figures``.
 """
 
 import os
@@ -285,6 +290,7 @@ class StackFactory(Protocol):
         *,
         replica_url: str,
         wait: bool = True,
+        port: int | None = None,
         extra_env: Mapping[str, str] | None = None,
     ) -> Stack: ...
 
@@ -298,9 +304,11 @@ def stack_factory(tmp_path: Path) -> Iterator[StackFactory]:
         *,
         replica_url: str,
         wait: bool = True,
+        port: int | None = None,
         extra_env: Mapping[str, str] | None = None,
     ) -> Stack:
-        port, metrics_port, litestream_port = free_port(), free_port(), free_port()
+        port = port or free_port()
+        metrics_port, litestream_port = free_port(), free_port()
         env = base_env()
         env.update(
             HOST="127.0.0.1",
@@ -403,3 +411,91 @@ def usernames(database: Path) -> set[str]:
         return {row[0] for row in connection.execute("SELECT username FROM users")}
     finally:
         connection.close()
+
+
+def username(number: int, prefix: str = "u") -> str:
+    """A distinct valid username (ASCII letters only) for each number."""
+    letters = []
+    while True:
+        number, digit = divmod(number, 26)
+        letters.append(chr(ord("a") + digit))
+        if number == 0:
+            return prefix + "".join(reversed(letters))
+
+
+@dataclass
+class WriteLoad:
+    """PUTs of new users from ``threads`` clients, bounded by ``max_requests`` and ``max_seconds``.
+
+    Every 204 is recorded with the time it arrived: those are the writes the service promised to keep.
+    Each client waits ``pause`` seconds between requests (steady load) and moves on to a new name after a
+    failure, so that no name is ever both failed and acknowledged.
+    """
+
+    base_url: str
+    threads: int = 4
+    max_requests: int = 5000
+    max_seconds: float = 30.0
+    pause: float = 0.0
+    prefix: str = "w"
+    acknowledged: dict[str, float] = field(default_factory=dict)
+    failures: int = 0
+    sent: int = 0
+    successes: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> "WriteLoad":
+        deadline = time.monotonic() + self.max_seconds
+        for index in range(self.threads):
+            worker = threading.Thread(target=self._run, args=(index, deadline), daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=15)
+
+    def __enter__(self) -> "WriteLoad":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self, index: int, deadline: float) -> None:
+        number = 0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if self.sent >= self.max_requests:
+                    return
+                self.sent += 1
+            name = username(number * self.threads + index, prefix=self.prefix)
+            number += 1
+            status = put_birthday(self.base_url, name, timeout=10.0)
+            now = time.monotonic()
+            with self._lock:
+                if status == 204:
+                    self.acknowledged[name] = now
+                    self.successes.append(now)
+                else:
+                    self.failures += 1
+            if self.pause:
+                time.sleep(self.pause)
+
+    def longest_gap(self) -> float:
+        """The longest time between two acknowledged writes, in seconds."""
+        times = sorted(self.successes)
+        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+
+
+def record_figures(drill: str, **figures: object) -> None:
+    """Print one line of figures; also append it to $DRILL_FIGURES_FILE when that is set."""
+    line = f"[{drill}] " + " ".join(f"{key}={value}" for key, value in figures.items())
+    print(f"\n{line}")
+    target = os.environ.get("DRILL_FIGURES_FILE")
+    if target:
+        with open(target, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
