@@ -10,7 +10,7 @@ from service import __version__, keys, views
 from service.db import SQLITE_VERSION, UserStore
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middlewares import observe, problems
+from service.middlewares import observe
 from service.settings import Config
 
 log = logging.getLogger(__name__)
@@ -18,10 +18,12 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.Application:
     """The public application; its start-up opens the store and the metrics port."""
-    app = web.Application(middlewares=[observe, problems], client_max_size=views.MAX_BODY_BYTES)
+    metrics = Metrics()
+    app = web.Application(middlewares=[observe(metrics)], client_max_size=views.MAX_BODY_BYTES)
     app[keys.CONFIG] = config
-    app[keys.CLOCK] = clock or (lambda: datetime.now(config.zone).date())
-    app[keys.METRICS] = Metrics()
+    zone = config.zone
+    app[keys.CLOCK] = clock or (lambda: datetime.now(zone).date())
+    app[keys.METRICS] = metrics
     app[keys.STATE] = keys.State()
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_metrics_server)

@@ -7,14 +7,15 @@ Litestream do.
 
 import asyncio
 import logging
+import queue
 import re
+import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
-import aiosqlite
 import pysqlite3.dbapi2 as sqlite
 
 log = logging.getLogger(__name__)
@@ -103,21 +104,196 @@ def migrate(path: Path, folder: Path | None = None) -> int:
         conn.close()
 
 
+_UPSERT = (
+    "INSERT INTO users (username, date_of_birth, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (username) DO UPDATE SET "
+    "date_of_birth = excluded.date_of_birth, updated_at = excluded.updated_at"
+)
+_SELECT = "SELECT date_of_birth FROM users WHERE username = ?"
+_COUNT = "SELECT count(*) FROM users"
+_SCHEMA_VERSION = "PRAGMA user_version"
+
+# SQLite's "busy" and "locked" result codes: another connection holds a lock this one needs.
+_BUSY_CODES = frozenset({5, 6})
+
+# A group commit takes at most this many writes: enough to absorb any burst 64 connections make,
+# small enough that one transaction stays short for Litestream's checkpoints.
+_MAX_BATCH = 256
+
+# The read connection runs in the event loop's thread, so a wait there stops every request: it waits
+# this long at most, then the read is retried on the writer's thread, which may wait the full 5 s.
+_READER_BUSY_TIMEOUT_MS = 20
+
+Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
+
+
+def connect_reader(path: Path) -> sqlite.Connection:
+    """A connection that can only read, for point lookups in the event loop's thread."""
+    conn = sqlite.connect(str(path), isolation_level=None, check_same_thread=False, cached_statements=16)
+    conn.execute("PRAGMA query_only = ON")
+    conn.execute(f"PRAGMA busy_timeout = {_READER_BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class _Upsert(NamedTuple):
+    params: tuple[str, str, str]
+    future: "asyncio.Future[None]"
+
+
+class _Call(NamedTuple):
+    function: Callable[[sqlite.Connection], Any]
+    future: "asyncio.Future[Any]"
+
+
+_STOP = object()
+
+
+class _Writer:
+    """One thread with the one writing connection; concurrent upserts share one commit.
+
+    Callers queue their upsert and wait on a future. The thread takes every upsert waiting at that
+    moment (a group commit), writes them in one ``BEGIN IMMEDIATE`` transaction and resolves each
+    future only after ``COMMIT`` returned, so a caller still learns of success only once its own row
+    is committed. If the batch fails, it is rolled back and every upsert in it is retried in a
+    transaction of its own: a bad row fails only its own caller. All results of a batch go back to
+    the event loop in one hop. Other calls (count, readiness, reads that met a lock) run on the same
+    thread and connection, one at a time, in arrival order.
+    """
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self._path = path
+        self._loop = loop
+        self._queue: queue.SimpleQueue[_Upsert | _Call | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
+
+    async def start(self) -> None:
+        self._thread.start()
+        await self._opened
+
+    async def stop(self) -> None:
+        """Finish every queued call, then close the connection."""
+        self._queue.put(_STOP)
+        await self._closed
+
+    def upsert(self, params: tuple[str, str, str]) -> "asyncio.Future[None]":
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put(_Upsert(params, future))
+        return future
+
+    def call(self, function: Callable[[sqlite.Connection], Any]) -> "asyncio.Future[Any]":
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put(_Call(function, future))
+        return future
+
+    def _hand_back(self, settled: Settled) -> None:
+        if settled:
+            self._loop.call_soon_threadsafe(_settle, settled)
+
+    def _run(self) -> None:
+        opened: Settled
+        try:
+            conn = connect(self._path)
+        except BaseException as exc:  # handed to the caller of start()
+            opened = [(self._opened, None, exc)]
+            self._loop.call_soon_threadsafe(_settle, opened)
+            return
+        opened = [(self._opened, None, None)]
+        self._loop.call_soon_threadsafe(_settle, opened)
+        try:
+            stopping = False
+            while not stopping:
+                jobs = [self._queue.get()]
+                while len(jobs) < _MAX_BATCH:
+                    try:
+                        jobs.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                settled: Settled = []
+                upserts: list[_Upsert] = []
+                for job in jobs:
+                    if isinstance(job, _Upsert):
+                        upserts.append(job)
+                        continue
+                    # Keep the order of arrival: writes queued before a call are committed first.
+                    self._commit(conn, upserts, settled)
+                    upserts = []
+                    if isinstance(job, _Call):
+                        try:
+                            settled.append((job.future, job.function(conn), None))
+                        except Exception as exc:
+                            settled.append((job.future, None, exc))
+                    else:
+                        stopping = True
+                self._commit(conn, upserts, settled)
+                self._hand_back(settled)
+        finally:
+            conn.close()
+            closed: Settled = [(self._closed, None, None)]
+            self._loop.call_soon_threadsafe(_settle, closed)
+
+    @staticmethod
+    def _commit(conn: sqlite.Connection, upserts: list[_Upsert], settled: Settled) -> None:
+        if not upserts:
+            return
+        if len(upserts) > 1:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for upsert in upserts:
+                    conn.execute(_UPSERT, upsert.params)
+                conn.execute("COMMIT")
+            except sqlite.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                log.warning("group commit failed; retrying its writes one by one", exc_info=True)
+            else:
+                settled.extend((upsert.future, None, None) for upsert in upserts)
+                return
+        for upsert in upserts:
+            # A single autocommit statement: committed when execute() returns.
+            try:
+                conn.execute(_UPSERT, upsert.params)
+            except sqlite.Error as exc:
+                settled.append((upsert.future, None, exc))
+            else:
+                settled.append((upsert.future, None, None))
+
+
+def _settle(settled: Settled) -> None:
+    for future, result, error in settled:
+        if future.done():  # the caller gave up (cancelled); the write itself stands
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
 class UserStore:
     """Dates of birth by username, on one SQLite file.
 
-    One connection, one thread (aiosqlite's): writes are single autocommit statements, so a call
-    returns only after its write is committed; reads fetch everything at once so that no statement
-    stays open across an await.
+    Reads: a point lookup by primary key takes a few microseconds, far less than handing it to
+    another thread and back (a queue, a thread wake-up, a loop wake-up and a GIL hand-over, each
+    several times that), so ``find_birthday`` runs it at once in the event loop's thread on a
+    connection of its own that can only read. WAL mode lets it read while the writer writes; it
+    fetches the row and finishes the statement before returning, so no statement stays open across
+    an await (the "database is locked" upgrade trap cannot arise on a connection that never writes).
+
+    Writes: one thread with one connection (``_Writer``), never the loop's thread, since a commit can
+    wait for Litestream's lock or run a checkpoint. Concurrent upserts share one transaction.
     """
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        reader: sqlite.Connection,
+        writer: _Writer,
         schema_version: int,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
-        self._conn = conn
+        self._reader = reader
+        self._read_cursor = reader.cursor()
+        self._writer = writer
         self._schema_version = schema_version
         self._observe = observe
 
@@ -129,50 +305,69 @@ class UserStore:
         migrations: Path | None = None,
     ) -> "UserStore":
         version = await asyncio.to_thread(migrate, path, migrations)
-        conn = await aiosqlite.Connection(lambda: connect(path), iter_chunk_size=64)
-        return cls(conn, version, observe)
+        writer = _Writer(path, asyncio.get_running_loop())
+        await writer.start()
+        try:
+            reader = connect_reader(path)
+        except BaseException:
+            await writer.stop()
+            raise
+        return cls(reader, writer, version, observe)
 
     async def close(self) -> None:
-        await self._conn.close()
-
-    @contextmanager
-    def _timed(self, operation: str) -> Iterator[None]:
-        started = time.perf_counter()
         try:
-            yield
+            await self._writer.stop()
         finally:
-            if self._observe is not None:
-                self._observe(operation, time.perf_counter() - started)
+            self._read_cursor.close()
+            self._reader.close()
 
     async def upsert_birthday(self, username: str, born: date) -> None:
         """Insert or update; committed when this returns."""
+        started = time.perf_counter()
         updated_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        with self._timed("upsert"):
-            await self._conn.execute(
-                "INSERT INTO users (username, date_of_birth, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (username) DO UPDATE SET "
-                "date_of_birth = excluded.date_of_birth, updated_at = excluded.updated_at",
-                (username, born.isoformat(), updated_at),
-            )
+        try:
+            await self._writer.upsert((username, born.isoformat(), updated_at))
+        finally:
+            if self._observe is not None:
+                self._observe("upsert", time.perf_counter() - started)
 
     async def find_birthday(self, username: str) -> date | None:
-        with self._timed("select"):
-            rows = await self._conn.execute_fetchall(
-                "SELECT date_of_birth FROM users WHERE username = ?", (username,)
-            )
+        started = time.perf_counter()
+        try:
+            try:
+                # fetchall() steps the statement to its end, which resets it: no read stays open.
+                rows = self._read_cursor.execute(_SELECT, (username,)).fetchall()
+            except sqlite.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) not in _BUSY_CODES:
+                    raise
+                rows = await self._writer.call(lambda conn: conn.execute(_SELECT, (username,)).fetchall())
+        finally:
+            if self._observe is not None:
+                self._observe("select", time.perf_counter() - started)
         for (text,) in rows:
             return date.fromisoformat(text)
         return None
 
     async def count_users(self) -> int:
-        with self._timed("count"):
-            rows = await self._conn.execute_fetchall("SELECT count(*) FROM users")
-        return int(next(iter(rows))[0])
+        # A full count reads the whole table: on the writer's thread, never in the event loop.
+        started = time.perf_counter()
+        try:
+            count: int = await self._writer.call(lambda conn: conn.execute(_COUNT).fetchone()[0])
+        finally:
+            if self._observe is not None:
+                self._observe("count", time.perf_counter() - started)
+        return count
 
     async def check_ready(self) -> None:
-        """Raise unless the database answers and its schema is the one this release expects."""
-        with self._timed("ready"):
-            rows = await self._conn.execute_fetchall("PRAGMA user_version")
-        version = int(next(iter(rows))[0])
+        """Raise unless the database answers and its schema is the one this release expects.
+
+        Asked on the writer's thread, so that readiness also says that writes are being taken.
+        """
+        started = time.perf_counter()
+        try:
+            version: int = await self._writer.call(lambda conn: conn.execute(_SCHEMA_VERSION).fetchone()[0])
+        finally:
+            if self._observe is not None:
+                self._observe("ready", time.perf_counter() - started)
         if version != self._schema_version:
             raise NotMigrated(f"schema version {version}, expected {self._schema_version}")

@@ -50,14 +50,26 @@ class Metrics:
             registry=self.registry,
         )
         build_info.labels(__version__, SQLITE_VERSION, platform.python_version()).set(1)
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._db_children: dict[str, Histogram] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        code = str(status)
-        self.requests.labels(route, method, code).inc()
-        self.request_seconds.labels(route, code).observe(seconds)
+        # labels() builds and looks up a key under a lock on every call; the children are kept
+        # instead, one per label set (as few as the label sets themselves).
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            code = str(status)
+            children = (self.requests.labels(route, method, code), self.request_seconds.labels(route, code))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_db(self, operation: str, seconds: float) -> None:
-        self.db_seconds.labels(operation).observe(seconds)
+        child = self._db_children.get(operation)
+        if child is None:
+            child = self._db_children[operation] = self.db_seconds.labels(operation)
+        child.observe(seconds)
 
     def exposition(self) -> web.Response:
         response = web.Response(body=generate_latest(self.registry))
