@@ -42,6 +42,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     APP_USER=app \
+    DATA_DIR=/data \
     HOST=0.0.0.0 \
     PORT=8080 \
     DATABASE_PATH=/data/hello.db \

@@ -1,10 +1,10 @@
 """The container's entrypoint: hand the data volume to the service user, drop root, exec the command.
 
 Fly.io mounts a volume owned by root, and a fresh Docker volume is root's too, while the service runs
-as an unprivileged user. Started as root, this makes the database's folder (and anything already in
-it) belong to APP_USER, drops to that user for good, and replaces itself with the command
-(``scripts/start.sh`` by default): no process stays behind as root, and the signals the platform
-sends reach the command directly. Started as any other user, it only execs the command.
+as an unprivileged user. Started as root, this makes DATA_DIR (default /data, the volume's mount point)
+and anything already in it belong to APP_USER, drops to that user for good, and replaces itself with
+the command (``scripts/start.sh`` by default): no process stays behind as root, and the signals the
+platform sends reach the command directly. Started as any other user, it only execs the command.
 """
 
 import os
@@ -30,8 +30,7 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: container-entrypoint.py COMMAND [ARG...]")
     if os.getuid() == 0:
         user = pwd.getpwnam(os.environ.get("APP_USER", "app"))
-        database = Path(os.environ.get("DATABASE_PATH", "/data/hello.db"))
-        _give_to(database.parent, user.pw_uid, user.pw_gid)
+        _give_to(Path(os.environ.get("DATA_DIR", "/data")), user.pw_uid, user.pw_gid)
         os.setgroups([])
         os.setgid(user.pw_gid)
         os.setuid(user.pw_uid)

@@ -225,7 +225,8 @@ def test_data_paths_agree(fly: dict[str, Any], dockerfile: Dockerfile, litestrea
         assert database.parent == PurePosixPath(mount["destination"])
     (database,) = litestream["dbs"]
     assert database["path"] == "${DATABASE_PATH}"
-    # The runtime image makes /data and gives it to the service user.
+    # The entrypoint hands DATA_DIR (the mount point) to the service user; the image makes it too.
+    assert dockerfile.final_stage().env()["DATA_DIR"] == mount["destination"]
     assert any("/data" in run and "chown" in run for run in dockerfile.final_stage().all("RUN"))
 
 
