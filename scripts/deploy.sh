@@ -33,7 +33,7 @@ attempts="${SMOKE_ATTEMPTS:-30}"
 interval="${SMOKE_INTERVAL:-5}"
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 log() {
