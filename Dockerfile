@@ -27,7 +27,8 @@ RUN /opt/venv/bin/pip install --no-cache-dir . \
 # Runtime: the same base, the virtualenv, the entrypoint and its configuration. No compilers, no pip
 # cache, no secrets: REPLICA_URL and the object store's credentials come from the environment.
 FROM ${BASE_IMAGE}
-RUN useradd --system --user-group --uid 10001 --home-dir /app --no-create-home \
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin app \
     && mkdir -p /data \
     && chown app:app /data
