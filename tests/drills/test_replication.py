@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import StackFactory, put_birthday, restore_replica, usernames
+from tests.drills.conftest import (
+    StackFactory,
+    put_birthday,
+    record_figures,
+    restore_replica,
+    username,
+    usernames,
+)
 
 USERS = 300
 
@@ -14,7 +21,7 @@ def test_graceful_stop_replicates_every_write(
     stack_factory: StackFactory, replica_url: str, tmp_path: Path
 ) -> None:
     stack = stack_factory(tmp_path / "data", replica_url=replica_url)
-    names = [f"user{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}" for i in range(USERS)]
+    names = [username(number) for number in range(USERS)]
     acknowledged = [name for name in names if put_birthday(stack.base_url, name) == 204]
     assert len(acknowledged) == USERS, stack.logs()
 
@@ -23,5 +30,5 @@ def test_graceful_stop_replicates_every_write(
     restored = tmp_path / "restored.db"
     seconds = restore_replica(replica_url, restored, "-integrity-check", "full")
     lost = set(acknowledged) - usernames(restored)
-    print(f"\n[replication] writes acknowledged={USERS} lost={len(lost)} restore={seconds:.2f}s")
+    record_figures("replication", acknowledged=USERS, lost=len(lost), restore_ms=round(seconds * 1000))
     assert not lost
