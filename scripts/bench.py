@@ -1,0 +1,727 @@
+"""Benchmark the service against a bare aiohttp app, both under gunicorn's aiohttp worker.
+
+One run starts each server on a real SQLite file, drives it with ``wrk`` over loopback (64
+connections; the server pinned to one core, the load generator to the other), and prints per
+scenario: requests/s, p50, p99, errors (socket errors and any non-2xx answer), the worker's peak
+RSS and our figure as a share of the reference. It also times start-up to ``/readyz`` 200 and,
+when the production stack files are present, runs the write scenarios through ``scripts/start.sh``
+(Litestream replicating to a folder) and times a ``litestream restore`` of a 1,000,000-user
+database from a local S3 server. The table goes to standard output and ``docs/benchmarks.md`` style;
+the plot to ``docs/benchmarks.png``.
+
+    python scripts/bench.py [--duration SECONDS] [--rounds N] [--quick] [--plot PATH] [--json PATH]
+
+Every load is bounded by ``wrk -d`` and every process started here is stopped before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pysqlite3.dbapi2 as sqlite  # noqa: E402
+
+from service.db import connect, migrate  # noqa: E402
+
+CONNECTIONS = 64
+SERVER_CPU = 0
+LOAD_CPU = 1
+HOST = "127.0.0.1"
+LABELS = {"reference": "bare aiohttp", "service": "service", "stack": "service + Litestream"}
+
+# Seeded users are "u" plus five lowercase letters, the index in base 26: sorted by index, so the
+# seeding insert appends to the primary key's B-tree; the wrk scripts compute the same names.
+_NAME_LETTERS = 5
+_FIRST_BIRTHDAY = date(1950, 1, 1)
+
+
+def username_for(index: int) -> str:
+    """The name of seeded user ``index`` (0 <= index < 26**5)."""
+    letters = []
+    for _ in range(_NAME_LETTERS):
+        index, digit = divmod(index, 26)
+        letters.append(chr(97 + digit))
+    return "u" + "".join(reversed(letters))
+
+
+def birthday_for(index: int) -> date:
+    """A spread of past dates of birth, 1950 to 2004."""
+    return _FIRST_BIRTHDAY + timedelta(days=(index * 7919) % 20000)
+
+
+def seed_database(path: Path, users: int) -> None:
+    """Migrate ``path`` and insert ``users`` seeded users in one transaction."""
+    migrate(path)
+    conn = connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO users (username, date_of_birth, updated_at) VALUES (?, ?, ?)",
+            (
+                (username_for(i), birthday_for(i).isoformat(), "2026-01-01T00:00:00.000+00:00")
+                for i in range(users)
+            ),
+        )
+        conn.execute("COMMIT")
+        # Fold the WAL into the file, so that a byte copy of the file alone is the whole database.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def copy_database(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+
+
+# ---- wrk scripts -------------------------------------------------------------------------------
+
+_LUA_COMMON = r"""
+local threads = {}
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set("id", counter)
+  table.insert(threads, thread)
+end
+function init(args)
+  non2xx = 0
+  math.randomseed(os.time() * 1000 + id)
+end
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+  end
+end
+function done(summary, latency, requests)
+  local bad = 0
+  for _, thread in ipairs(threads) do
+    bad = bad + thread:get("non2xx")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, "read": %d, ' ..
+    '"write": %d, "timeout": %d, "p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, bad, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+
+local lower = "abcdefghijklmnopqrstuvwxyz"
+local letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+local users = __USERS__
+local json_headers = {["Content-Type"] = "application/json"}
+
+local function seeded_name(i)
+  local t = {}
+  for k = 5, 1, -1 do
+    local d = i % 26
+    t[k] = lower:sub(d + 1, d + 1)
+    i = math.floor(i / 26)
+  end
+  return "u" .. table.concat(t)
+end
+
+local function random_name()
+  local t = {}
+  for k = 1, math.random(6, 16) do
+    local j = math.random(1, 52)
+    t[k] = letters:sub(j, j)
+  end
+  return table.concat(t)
+end
+
+local function get_request()
+  return wrk.format("GET", "/hello/" .. seeded_name(math.random(0, users - 1)))
+end
+
+local function put_request()
+  local body = string.format('{"dateOfBirth": "%04d-%02d-%02d"}',
+    math.random(1940, 2015), math.random(1, 12), math.random(1, 28))
+  return wrk.format("PUT", "/hello/" .. random_name(), json_headers, body)
+end
+"""
+
+_LUA_REQUEST = {
+    "get": "request = get_request\n",
+    "put": "request = put_request\n",
+    "mix": (
+        "request = function()\n"
+        "  if math.random() < 0.1 then return put_request() end\n"
+        "  return get_request()\n"
+        "end\n"
+    ),
+}
+
+
+def lua_script(kind: str, users: int) -> str:
+    """The wrk script for ``kind`` (get, put or mix) over ``users`` seeded users."""
+    return _LUA_COMMON.replace("__USERS__", str(max(users, 1))) + _LUA_REQUEST[kind]
+
+
+# ---- processes ---------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text()
+            found.extend(int(child) for child in text.split())
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def gunicorn_worker(root_pid: int) -> int | None:
+    """The gunicorn worker below ``root_pid``: a gunicorn process whose parent is gunicorn too."""
+    stack = [(root_pid, False)]
+    while stack:
+        pid, parent_is_gunicorn = stack.pop()
+        is_gunicorn = "gunicorn" in _cmdline(pid)
+        if is_gunicorn and parent_is_gunicorn:
+            return pid
+        stack.extend((child, is_gunicorn) for child in _children(pid))
+    return None
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM, the resident set's high-water mark, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    ready_seconds: float
+    worker: int
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb(self.worker)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running(
+    name: str, command: Sequence[str], env: Mapping[str, str], port: int, log: Path, timeout: float = 60.0
+) -> Iterator[Server]:
+    """Start ``command`` pinned to the server core; yield once ``/readyz`` answers 200; stop it."""
+    with log.open("ab") as log_file:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            ["taskset", "-c", str(SERVER_CPU), *command],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    try:
+        deadline = started + timeout
+        while http_status(port, "/readyz") != 200:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}; see {log}")
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{name} not ready within {timeout} s; see {log}")
+            time.sleep(0.005)
+        ready_seconds = time.perf_counter() - started
+        worker = gunicorn_worker(process.pid)
+        if worker is None:
+            raise RuntimeError(f"{name}: no gunicorn worker found below process {process.pid}")
+        yield Server(name, process, port, ready_seconds, worker)
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM to the process started here, then its own process group if it does not go."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    # Whatever it left in its group (it was started in a new session), by that group's id.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+# ---- load --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def run_wrk(port: int, script: Path, seconds: float) -> Load:
+    command = [
+        "taskset", "-c", str(LOAD_CPU),
+        "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s",
+        "-s", str(script), f"http://{HOST}:{port}/",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    for line in result.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            raw = json.loads(line.removeprefix("BENCH_JSON "))
+            errors = sum(raw[key] for key in ("non2xx", "connect", "read", "write", "timeout"))
+            return Load(
+                requests=raw["requests"],
+                seconds=raw["duration_us"] / 1e6,
+                errors=errors,
+                p50_ms=raw["p50_us"] / 1000,
+                p99_ms=raw["p99_us"] / 1000,
+            )
+    raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    title: str
+    server: str  # "reference", "service" or "stack"
+    kind: str  # the wrk script: "get", "put" or "mix"
+    users: int  # users seeded, and the range GETs draw from
+    baseline: str | None = None  # the title of the scenario whose reference run is 100%
+
+
+@dataclass
+class Sample:
+    load: Load
+    peak_rss_mb: float
+    ready_s: float
+    cpu_us_per_request: float
+
+
+@dataclass
+class Row:
+    scenario: str
+    server: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    peak_rss_mb: float
+    ready_s: float
+    cpu_us: float
+    rounds: int
+    ratio: float | None = None
+    ratio_of: str = ""
+
+
+@dataclass
+class Results:
+    machine: str
+    command: str
+    duration_s: float
+    rounds: int
+    rows: list[Row] = field(default_factory=list)
+    restore_s: float | None = None
+    restore_users: int = 0
+    restore_note: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def machine_description() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores, {model}"
+
+
+class Bench:
+    def __init__(self, workdir: Path, duration: float, warmup: float, seeded: Mapping[int, Path]) -> None:
+        self.workdir = workdir
+        self.duration = duration
+        self.warmup = warmup
+        self.seeded = seeded
+        self.scripts: dict[tuple[str, int], Path] = {}
+        self.started = 0
+
+    def script(self, kind: str, users: int) -> Path:
+        key = (kind, users)
+        if key not in self.scripts:
+            path = self.workdir / f"{kind}-{users}.lua"
+            path.write_text(lua_script(kind, users))
+            self.scripts[key] = path
+        return self.scripts[key]
+
+    def sample(self, scenario: Scenario) -> Sample:
+        """Start the scenario's server afresh (a fresh copy of its database), load it, stop it."""
+        self.started += 1
+        name = f"{scenario.server}-{scenario.kind}-{scenario.users}-{self.started}"
+        script = self.script(scenario.kind, scenario.users)
+        with self.server(scenario, name) as server:
+            if self.warmup > 0:
+                run_wrk(server.port, script, self.warmup)
+            cpu_before = cpu_seconds(server.worker)
+            load = run_wrk(server.port, script, self.duration)
+            cpu = cpu_seconds(server.worker) - cpu_before
+            return Sample(load, server.peak_rss_mb(), server.ready_seconds, cpu / max(load.requests, 1) * 1e6)
+
+    def server(self, scenario: Scenario, name: str) -> AbstractContextManager[Server]:
+        port = free_port()
+        log = self.workdir / f"{name}.log"
+        if scenario.server == "reference":
+            env = self.service_env(self.workdir / "unused.db", port)
+            command = ["gunicorn", "-c", "gunicorn.conf.py", "scripts.bench_reference:app_factory"]
+            return running(name, command, env, port, log)
+        database = self.workdir / name / "hello.db"
+        copy_database(self.seeded[scenario.users], database)
+        env = self.service_env(database, port)
+        if scenario.server == "service":
+            return running(name, ["gunicorn", "-c", "gunicorn.conf.py"], env, port, log)
+        env |= {
+            "REPLICA_URL": f"file://{self.workdir / name / 'replica'}",
+            "LITESTREAM_METRICS_ADDR": f"{HOST}:{free_port()}",
+            "LITESTREAM_SOCKET": str(self.workdir / f"litestream-{self.started}.sock"),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
+        return running(name, ["bash", "scripts/start.sh"], env, port, log, 120)
+
+    def service_env(self, database: Path, port: int) -> dict[str, str]:
+        return {
+            "HOST": HOST,
+            "PORT": str(port),
+            "METRICS_HOST": HOST,
+            "METRICS_PORT": str(free_port()),
+            "DATABASE_PATH": str(database),
+            "LOG_LEVEL": "INFO",
+        }
+
+
+def aggregate(scenario: Scenario, samples: Sequence[Sample]) -> Row:
+    """Medians over the rounds; errors added up; the highest peak RSS."""
+    return Row(
+        scenario=scenario.title,
+        server=scenario.server,
+        rps=statistics.median(s.load.rps for s in samples),
+        p50_ms=statistics.median(s.load.p50_ms for s in samples),
+        p99_ms=statistics.median(s.load.p99_ms for s in samples),
+        errors=sum(s.load.errors for s in samples),
+        peak_rss_mb=max(s.peak_rss_mb for s in samples),
+        ready_s=statistics.median(s.ready_s for s in samples),
+        cpu_us=statistics.median(s.cpu_us_per_request for s in samples),
+        rounds=len(samples),
+    )
+
+
+def stack_available() -> bool:
+    return (ROOT / "scripts" / "start.sh").is_file() and (ROOT / "litestream.yml").is_file()
+
+
+def scenarios(small: int, medium: int, large: int, with_stack: bool) -> list[Scenario]:
+    get, put, mix = f"GET, {medium:,} users", "PUT (new and existing users)", "90% GET / 10% PUT"
+    found = [
+        Scenario(get, "reference", "get", medium),
+        Scenario(get, "service", "get", medium, baseline=get),
+        Scenario(put, "reference", "put", medium),
+        Scenario(put, "service", "put", medium, baseline=put),
+        Scenario(mix, "reference", "mix", medium),
+        Scenario(mix, "service", "mix", medium, baseline=mix),
+        Scenario(f"GET, {small:,} users", "service", "get", small),
+        Scenario(f"GET, {large:,} users", "service", "get", large, baseline=f"GET, {small:,} users"),
+    ]
+    if with_stack:
+        found += [
+            Scenario(put, "stack", "put", medium, baseline=put),
+            Scenario(mix, "stack", "mix", medium, mix),
+        ]
+    return found
+
+
+def run(args: argparse.Namespace, workdir: Path) -> Results:
+    results = Results(machine_description(), args.command, args.duration, args.rounds)
+    small, medium, large = (100, 1_000, 10_000) if args.quick else (1_000, 10_000, 1_000_000)
+    seeded: dict[int, Path] = {}
+    for users in (small, medium, large):
+        started = time.perf_counter()
+        seeded[users] = workdir / "seed" / f"{users}.db"
+        seed_database(seeded[users], users)
+        say(f"seeded {users:,} users in {time.perf_counter() - started:.1f} s")
+    with_stack = stack_available()
+    plan = scenarios(small, medium, large, with_stack)
+    bench = Bench(workdir, args.duration, args.warmup, seeded)
+    samples: dict[Scenario, list[Sample]] = {scenario: [] for scenario in plan}
+    # Round after round of every scenario, reference and service side by side, so that a noisy
+    # neighbour on this shared machine weighs on both; the table shows medians over the rounds.
+    for round_number in range(1, args.rounds + 1):
+        for scenario in plan:
+            sample = bench.sample(scenario)
+            samples[scenario].append(sample)
+            say(
+                f"round {round_number} {scenario.title:<30} {scenario.server:<9} "
+                f"{sample.load.rps:8.0f} req/s p99 {sample.load.p99_ms:7.2f} ms errors {sample.load.errors} "
+                f"rss {sample.peak_rss_mb:5.1f} MB cpu {sample.cpu_us_per_request:6.1f} us/req"
+            )
+    rows = {(scenario.title, scenario.server): aggregate(scenario, samples[scenario]) for scenario in plan}
+    for scenario in plan:
+        row = rows[(scenario.title, scenario.server)]
+        if scenario.baseline is not None:
+            base = rows.get((scenario.baseline, "reference")) or rows[(scenario.baseline, "service")]
+            row.ratio = row.rps / base.rps
+            row.ratio_of = f"{base.scenario}, {base.server}"
+        results.rows.append(row)
+    if with_stack:
+        try:
+            results.restore_s = time_restore(workdir, seeded[large], large)
+            results.restore_users = large
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            results.restore_note = f"not measured: {exc}"
+    else:
+        results.notes.append("full-stack scenarios skipped: scripts/start.sh or litestream.yml missing")
+        results.restore_note = "not measured: the production stack files are missing"
+    return results
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- Litestream restore from a local S3 server --------------------------------------------------
+
+
+def time_restore(workdir: Path, seeded: Path, users: int) -> float:
+    """Replicate ``seeded`` to a local S3 server once, then time ``litestream restore`` of it."""
+    import boto3
+
+    folder = workdir / "restore"
+    database = folder / "hello.db"
+    copy_database(seeded, database)
+    port = free_port()
+    endpoint = f"http://{HOST}:{port}"
+    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"}
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"} | credentials
+    bin_dir = Path(sys.executable).parent
+    with (folder / "moto.log").open("ab") as log_file:
+        moto = subprocess.Popen(
+            [str(bin_dir / "moto_server"), "-H", HOST, "-p", str(port)],
+            env=env,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while http_status(port, "/") is None:
+            if moto.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the local S3 server did not start")
+            time.sleep(0.05)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **_boto_credentials())
+        s3.create_bucket(Bucket="bench")
+        url = f"s3://bench/hello.db?endpoint={endpoint}&region=us-east-1"
+        litestream = str(bin_dir / "litestream")
+        subprocess.run(
+            [litestream, "replicate", "-once", str(database), url],
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=True,
+        )
+        restored = folder / "restored.db"
+        started = time.perf_counter()
+        subprocess.run(
+            [litestream, "restore", "-o", str(restored), url],
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=True,
+        )
+        seconds = time.perf_counter() - started
+        check = sqlite.connect(str(restored))
+        try:
+            count = check.execute("SELECT count(*) FROM users").fetchone()[0]
+        finally:
+            check.close()
+        if count != users:
+            raise RuntimeError(f"restored {count} users, expected {users}")
+        return seconds
+    finally:
+        stop(moto)
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def table(results: Results) -> str:
+    lines = [
+        "| scenario | server | req/s | p50 ms | p99 ms | errors | peak RSS MB | CPU µs/req | ready s "
+        "| ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results.rows:
+        ratio = f"{r.ratio:.0%}" if r.ratio is not None else ""
+        lines.append(
+            f"| {r.scenario} | {LABELS[r.server]} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+            f"| {r.errors} | {r.peak_rss_mb:.1f} | {r.cpu_us:.0f} | {r.ready_s:.2f} | {ratio} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Medians of {results.rounds} rounds of {results.duration_s:g} s each. Ratio: req/s as a share of "
+        "the bare aiohttp app in the same scenario; for the largest GET, of the service's GET at the "
+        "smallest scale."
+    )
+    if results.restore_s is not None:
+        lines.append(
+            f"Litestream restore of the {results.restore_users:,}-user database from a local S3 server: "
+            f"{results.restore_s:.2f} s."
+        )
+    elif results.restore_note:
+        lines.append(f"Litestream restore: {results.restore_note}.")
+    return "\n".join(lines)
+
+
+def plot(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(dict.fromkeys(r.scenario for r in results.rows))
+    servers = list(LABELS)
+    colours = {"reference": "#9e9e9e", "service": "#1f77b4", "stack": "#ff7f0e"}
+    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.27
+    for offset, server in enumerate(servers):
+        xs, rps, p99 = [], [], []
+        for i, scenario in enumerate(scenarios):
+            match = [r for r in results.rows if r.scenario == scenario and r.server == server]
+            if match:
+                xs.append(i + (offset - 1) * width)
+                rps.append(match[0].rps)
+                p99.append(match[0].p99_ms)
+        if xs:
+            label = LABELS[server]
+            ax_rps.bar(xs, rps, width, label=label, color=colours[server])
+            ax_p99.bar(xs, p99, width, label=label, color=colours[server])
+    for ax, title in ((ax_rps, "throughput (requests/s)"), (ax_p99, "p99 latency (ms)")):
+        ax.set_xticks(range(len(scenarios)))
+        ax.set_xticklabels(scenarios, rotation=25, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        f"{CONNECTIONS} connections, wrk and server on separate cores; {results.machine}", fontsize=9
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of measured load per sample")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each sample")
+    parser.add_argument("--rounds", type=int, default=3, help="samples of every scenario; medians are shown")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small databases, one 2 s round")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks.png")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    args = parser.parse_args(argv)
+    args.command = " ".join(["python scripts/bench.py", *(sys.argv[1:] if argv is None else argv)])
+    if args.quick:
+        args.duration, args.warmup, args.rounds = min(args.duration, 2.0), min(args.warmup, 1.0), 1
+    if shutil.which("wrk") is None:
+        say("wrk is not installed: install it with `apt-get install wrk` (Debian's package)")
+        return 2
+    if shutil.which("taskset") is None:
+        say("taskset is not installed: install it with `apt-get install util-linux`")
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        say("needs two cores: one for the server, one for wrk")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="hello-bench-"))
+    try:
+        results = run(args, workdir)
+    finally:
+        if args.keep:
+            say(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"machine: {results.machine}\ncommand: {results.command}\n")
+    print(table(results))
+    for note in results.notes:
+        print(f"- {note}")
+    plot(results, args.plot)
+    print(f"\nplot: {args.plot}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(asdict(results), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
