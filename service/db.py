@@ -6,6 +6,7 @@ Litestream do.
 """
 
 import asyncio
+import contextlib
 import logging
 import queue
 import re
@@ -243,10 +244,14 @@ class _Writer:
                 for upsert in upserts:
                     conn.execute(_UPSERT, upsert.params)
                 conn.execute("COMMIT")
-            except sqlite.Error:
+            except sqlite.Error as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                log.warning("group commit failed; retrying its writes one by one", exc_info=True)
+                    with contextlib.suppress(sqlite.Error):
+                        conn.execute("ROLLBACK")
+                log.warning(
+                    "group commit failed; retrying its writes one by one",
+                    extra={"writes": len(upserts), "reason": str(exc)},
+                )
             else:
                 settled.extend((upsert.future, None, None) for upsert in upserts)
                 return

@@ -69,27 +69,18 @@ def observe(metrics: Metrics) -> Middleware:
         status = response.status
         metrics.observe_request(route, request.method, status, seconds)
         if log.isEnabledFor(logging.INFO):
-            # What log.info() does, less its walk up the stack for the caller's file and line, which
-            # the JSON line does not carry; the fields are built only when the line is wanted.
-            log.handle(
-                log.makeRecord(
-                    log.name,
-                    logging.INFO,
-                    __file__,
-                    0,
-                    "request",
-                    (),
-                    None,
-                    extra={
-                        "method": request.method,
-                        "route": route,
-                        "path": request.path,
-                        "status": status,
-                        "duration_ms": round(seconds * 1000, 3),
-                        "request_id": request_id,
-                    },
-                )
+            # What log.info(..., extra=...) makes, less its walk up the stack for the caller's file and
+            # line (the JSON line does not carry them); the fields are built only when the line is wanted.
+            record = logging.LogRecord(log.name, logging.INFO, __file__, 0, "request", (), None)
+            record.__dict__.update(
+                method=request.method,
+                route=route,
+                path=request.path,
+                status=status,
+                duration_ms=round(seconds * 1000, 3),
+                request_id=request_id,
             )
+            log.handle(record)
         return response
 
     return middleware
