@@ -40,18 +40,27 @@ seconds_setting() {
 
 # Litestream's first sync is what makes it follow the database: until then, writes would not be
 # replicated if the stack stopped (Litestream skips its final sync for an uninitialised database).
-wait_for_litestream() {
-    local deadline=$((SECONDS + LITESTREAM_READY_TIMEOUT))
-    until litestream list -json -socket "${LITESTREAM_SOCKET}" -timeout 2 2>/dev/null |
+# `litestream list` shows last_sync_at after the first upload to the replica. With the store
+# unreachable at boot Litestream does not take the database over at all (its control socket does
+# not even answer `list`), so start-up fails after LITESTREAM_READY_TIMEOUT rather than serving.
+litestream_synced() {
+    litestream list -json -socket "${LITESTREAM_SOCKET}" -timeout 2 2>/dev/null |
         python -c '
 import json, sys
-databases = json.load(sys.stdin).get("databases") or []
-wanted = sys.argv[1]
-sys.exit(0 if any(d.get("path") == wanted and d.get("last_sync_at") for d in databases) else 1)
-' "${DATABASE_PATH}"; do
+try:
+    databases = json.load(sys.stdin).get("databases") or []
+except ValueError:
+    sys.exit(1)
+sys.exit(0 if any(d.get("path") == sys.argv[1] and d.get("last_sync_at") for d in databases) else 1)
+' "${DATABASE_PATH}"
+}
+wait_for_litestream() {
+    local deadline=$((SECONDS + LITESTREAM_READY_TIMEOUT))
+    until litestream_synced; do
         if ((SECONDS >= deadline)); then
-            die "Litestream did not sync ${DATABASE_PATH} within ${LITESTREAM_READY_TIMEOUT} s" \
-                "(LITESTREAM_READY_TIMEOUT); not serving writes that would not be replicated"
+            die "Litestream did not sync ${DATABASE_PATH} to REPLICA_URL within" \
+                "${LITESTREAM_READY_TIMEOUT} s (LITESTREAM_READY_TIMEOUT): is the replica reachable?" \
+                "Not serving writes that would not be replicated."
         fi
         sleep 0.1
     done
@@ -134,6 +143,15 @@ except ConfigError as exc:
 
 # --- 2. Restore on a fresh volume -------------------------------------------------------------------
 mkdir -p -- "${DATABASE_DIR}"
+# An empty file is what an interrupted first start leaves; migrating it would start a new database
+# over the replica, so it counts as missing.
+if [[ -f "${DATABASE_PATH}" && ! -s "${DATABASE_PATH}" ]]; then
+    if [[ -s "${DATABASE_PATH}-wal" ]]; then
+        die "${DATABASE_PATH} is empty but its -wal file is not: look at it by hand before starting"
+    fi
+    log "${DATABASE_PATH} is empty: treating it as missing"
+    rm -f -- "${DATABASE_PATH}"
+fi
 if [[ ! -e "${DATABASE_PATH}" ]]; then
     # Leftovers of another database must not be applied to the restored one.
     rm -f -- "${DATABASE_PATH}-wal" "${DATABASE_PATH}-shm"

@@ -120,3 +120,31 @@ def test_missing_credentials_are_named(stack_factory: StackFactory, replica_url:
     assert code != 0
     assert "AWS_SECRET_ACCESS_KEY is not set" in stack.logs()
     _assert_nothing_served(stack)
+
+
+@pytest.mark.slow
+def test_unreachable_store_with_a_local_database_is_not_served(
+    s3_server: S3Server, stack_factory: StackFactory, replica_url: str, tmp_path: Path
+) -> None:
+    # Litestream cannot take the database over while the store is unreachable; serving writes then
+    # would leave them out of the replica if the machine stopped, so start-up gives up instead.
+    data = tmp_path / "data"
+    first = stack_factory(data, replica_url=replica_url)
+    assert first.terminate() == 0, first.logs()
+    s3_server.stop()
+    try:
+        stack = stack_factory(
+            data, replica_url=replica_url, wait=False, extra_env={"LITESTREAM_READY_TIMEOUT": "3"}
+        )
+        code, seconds = _failed_start(stack)
+    finally:
+        s3_server.start()
+    logs = stack.logs()
+    record_figures(
+        "bad-replica", case="unreachable-with-local-db", exit=code, gave_up_after_ms=round(seconds * 1000)
+    )
+    assert code != 0
+    assert "within 3 s (LITESTREAM_READY_TIMEOUT): is the replica reachable?" in logs, logs
+    assert "Traceback" not in logs, logs
+    assert http_status(stack.url("/healthz"), timeout=1.0) is None
+    assert stack.database_path.exists(), "the local database must be left as it was"
