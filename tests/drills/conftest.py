@@ -320,6 +320,8 @@ def stack_factory(tmp_path: Path) -> Iterator[StackFactory]:
             LITESTREAM_METRICS_ADDR=f"127.0.0.1:{litestream_port}",
             LOG_LEVEL="WARNING",
             SHUTDOWN_TIMEOUT="10",
+            # Set on many CI machines and fatal to Litestream 0.5.17's S3 client: start.sh must drop it.
+            AWS_CA_BUNDLE="/etc/ssl/certs/ca-certificates.crt",
         )
         env.update(extra_env or {})
         log_path = tmp_path / f"stack-{len(started)}.log"

@@ -26,6 +26,7 @@ def test_graceful_stop_replicates_every_write(
     assert len(acknowledged) == USERS, stack.logs()
 
     assert stack.terminate() == 0, stack.logs()
+    assert "ignoring AWS_CA_BUNDLE" in stack.logs()
 
     restored = tmp_path / "restored.db"
     seconds = restore_replica(replica_url, restored, "-integrity-check", "full")
