@@ -5,6 +5,7 @@ cut), so moto keeps its data as a real store would through a network outage. The
 answering from its local disk, and Litestream must catch up once the store is back.
 """
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import pytest
 from tests.drills.conftest import (
     S3Server,
     StackFactory,
+    base_env,
     put_birthday,
     record_figures,
     restore_replica,
+    tool,
     username,
     usernames,
 )
@@ -83,5 +86,47 @@ def test_service_rides_out_a_store_outage_and_replication_catches_up(
         catch_up_after_store_back_ms=round(caught_up_after * 1000),
         lost=len(lost),
         restore_ms=round(restore_seconds * 1000),
+    )
+    assert not lost
+
+
+@pytest.mark.slow
+def test_store_that_lost_its_data_is_refilled_by_a_restart(
+    s3_server: S3Server, stack_factory: StackFactory, replica_url: str, tmp_path: Path
+) -> None:
+    # A store that comes back empty (bucket recreated, objects deleted): Litestream does not notice
+    # while it runs, and uploads only new changes, which cannot be restored without a snapshot. A
+    # restart takes a snapshot at once. The runbook's answer to an emptied replica is that restart.
+    prefix = replica_url.removeprefix(f"s3://{s3_server.bucket}/").split("?")[0]
+    data = tmp_path / "data"
+    stack = stack_factory(data, replica_url=replica_url)
+    written = _put_batch(stack.base_url, "before", 30)
+    time.sleep(1.5)
+    client = s3_server.client()
+    for key in s3_server.keys(prefix):
+        client.delete_object(Bucket=s3_server.bucket, Key=key)
+    written |= _put_batch(stack.base_url, "after", 30)
+    time.sleep(2.0)
+
+    probe = subprocess.run(
+        [tool("litestream"), "restore", "-o", str(tmp_path / "probe.db"), replica_url],
+        env={k: v for k, v in base_env().items() if k != "AWS_CA_BUNDLE"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    restorable_before_restart = probe.returncode == 0
+
+    assert stack.terminate() == 0, stack.logs()
+    again = stack_factory(data, replica_url=replica_url)
+    time.sleep(2.0)
+    copy = tmp_path / "after-restart.db"
+    restore_replica(replica_url, copy, "-integrity-check", "full")
+    assert again.terminate() == 0, again.logs()
+    lost = written - usernames(copy)
+    record_figures(
+        "store-emptied",
+        restorable_before_restart=restorable_before_restart,
+        lost_after_restart=len(lost),
     )
     assert not lost
