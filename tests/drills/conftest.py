@@ -319,7 +319,9 @@ def stack_factory(tmp_path: Path) -> Iterator[StackFactory]:
             DATABASE_PATH=str(data_dir / "hello.db"),
             REPLICA_URL=replica_url,
             LITESTREAM_METRICS_ADDR=f"127.0.0.1:{litestream_port}",
-            LOG_LEVEL="WARNING",
+            # Quiet by default so that logging does not load the machine; DRILL_LOG_LEVEL=INFO shows
+            # every request and Litestream's own lines in the stack-N.log files under tmp_path.
+            LOG_LEVEL=os.environ.get("DRILL_LOG_LEVEL", "WARNING"),
             SHUTDOWN_TIMEOUT="10",
             # Set on many CI machines and fatal to Litestream 0.5.17's S3 client: start.sh must drop it.
             AWS_CA_BUNDLE="/etc/ssl/certs/ca-certificates.crt",
