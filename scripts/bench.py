@@ -21,6 +21,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -545,6 +546,61 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# ---- profile -----------------------------------------------------------------------------------
+
+
+def profile(kind: str, duration: float, workdir: Path, top: int = 25) -> str:
+    """Sample the service's worker with py-spy under one scenario's load; the busiest functions."""
+    seeded = workdir / "seed" / "10000.db"
+    seed_database(seeded, 10_000)
+    bench = Bench(workdir, duration, 1.0, {10_000: seeded})
+    scenario = Scenario(f"profile {kind}", "service", kind, 10_000)
+    samples_file = workdir / "profile.txt"
+    with bench.server(scenario, f"profile-{kind}") as server:
+        script = bench.script(kind, 10_000)
+        run_wrk(server.port, script, 1.0)
+        load = subprocess.Popen(
+            ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{round(duration) + 2}s",
+             "-s", str(script), f"http://{HOST}:{server.port}/"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            time.sleep(1)
+            subprocess.run(
+                ["py-spy", "record", "--pid", str(server.worker), "--duration", str(round(duration)),
+                 "--rate", "250", "--format", "raw", "--output", str(samples_file), "--nonblocking"],
+                check=True, capture_output=True, timeout=duration + 60,
+            )  # fmt: skip
+        finally:
+            load.wait(timeout=duration + 30)
+    return summarise_profile(samples_file.read_text(), top)
+
+
+def summarise_profile(collapsed: str, top: int) -> str:
+    """Self and inclusive shares per function from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    lines = [f"{total} samples", "", "self  function"]
+    for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"{count / total:5.1%} {frame}")
+    lines += ["", "incl  function (the service's own code)"]
+    for frame, count in sorted(inclusive.items(), key=lambda item: -item[1]):
+        if "service/" in frame:
+            lines.append(f"{count / total:5.1%} {frame}")
+    return "\n".join(lines)
+
+
 # ---- Litestream restore from a local S3 server --------------------------------------------------
 
 
@@ -649,30 +705,32 @@ def plot(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = list(dict.fromkeys(r.scenario for r in results.rows))
-    servers = list(LABELS)
     colours = {"reference": "#9e9e9e", "service": "#1f77b4", "stack": "#ff7f0e"}
-    fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(13, 5))
+    panels: tuple[tuple[str, Callable[[Row], float]], ...] = (
+        ("throughput (requests/s, higher is better)", lambda r: r.rps),
+        ("p99 latency (ms)", lambda r: r.p99_ms),
+        ("server CPU per request (µs)", lambda r: r.cpu_us),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 5.5))
     width = 0.27
-    for offset, server in enumerate(servers):
-        xs, rps, p99 = [], [], []
-        for i, scenario in enumerate(scenarios):
-            match = [r for r in results.rows if r.scenario == scenario and r.server == server]
-            if match:
-                xs.append(i + (offset - 1) * width)
-                rps.append(match[0].rps)
-                p99.append(match[0].p99_ms)
-        if xs:
-            label = LABELS[server]
-            ax_rps.bar(xs, rps, width, label=label, color=colours[server])
-            ax_p99.bar(xs, p99, width, label=label, color=colours[server])
-    for ax, title in ((ax_rps, "throughput (requests/s)"), (ax_p99, "p99 latency (ms)")):
+    for offset, server in enumerate(LABELS):
+        rows = {r.scenario: r for r in results.rows if r.server == server}
+        xs = [i + (offset - 1) * width for i, scenario in enumerate(scenarios) if scenario in rows]
+        if not xs:
+            continue
+        for ax, (_, value) in zip(axes, panels, strict=True):
+            ys = [value(rows[scenario]) for scenario in scenarios if scenario in rows]
+            ax.bar(xs, ys, width, label=LABELS[server], color=colours[server])
+    for ax, (title, _) in zip(axes, panels, strict=True):
         ax.set_xticks(range(len(scenarios)))
         ax.set_xticklabels(scenarios, rotation=25, ha="right", fontsize=8)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
-        f"{CONNECTIONS} connections, wrk and server on separate cores; {results.machine}", fontsize=9
+        f"{CONNECTIONS} connections, wrk and server pinned to separate cores; medians of {results.rounds} "
+        f"rounds of {results.duration_s:g} s; {results.machine}",
+        fontsize=9,
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -691,6 +749,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    parser.add_argument(
+        "--profile",
+        choices=("get", "put", "mix"),
+        help="instead of the benchmark: sample the service under this load with py-spy and print the profile",
+    )
     args = parser.parse_args(argv)
     args.command = " ".join(["python scripts/bench.py", *(sys.argv[1:] if argv is None else argv)])
     if args.quick:
@@ -705,6 +768,12 @@ def main(argv: list[str] | None = None) -> int:
         say("needs two cores: one for the server, one for wrk")
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="hello-bench-"))
+    if args.profile:
+        try:
+            print(profile(args.profile, args.duration, workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     try:
         results = run(args, workdir)
     finally:
