@@ -83,4 +83,5 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
 async def _drain(app: web.Application) -> None:
     # Runs once the listening sockets are closed; requests already in flight go on to finish.
     app[keys.STATE].draining = True
+    app[keys.STATE].closing.set()
     log.info("draining: finishing requests in flight")

@@ -1,7 +1,8 @@
 """Typed keys for what hangs off the application: nothing in the service is global."""
 
+import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from aiohttp import web
@@ -15,7 +16,11 @@ from service.settings import Config
 class State:
     """What changes while the process runs."""
 
+    # Readiness says "going away" (503) from SIGTERM on.
     draining: bool = False
+    # Set once the server has stopped reading from its connections: a body not yet received by
+    # then never will be.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
     metrics_port: int | None = None
 
 

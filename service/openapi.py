@@ -37,6 +37,7 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                     "400": _PROBLEM,
                     "413": _PROBLEM,
                     "415": _PROBLEM,
+                    "503": _PROBLEM,
                 },
             },
             "get": {

@@ -49,10 +49,30 @@ def _date_of_birth_text(body: bytes) -> str:
     return text
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body; 503 if the server shuts down before it has all arrived.
+
+    From the start of shutdown aiohttp reads nothing more from open connections, so a request still
+    waiting for its body would hold the worker until the graceful timeout and then be cut off.
+    """
+    if request.content.is_eof():  # the usual case: a small body arrives with the head
+        return await request.read()
+    reading = asyncio.ensure_future(request.read())
+    closing = asyncio.ensure_future(request.app[keys.STATE].closing.wait())
+    try:
+        await asyncio.wait((reading, closing), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closing.cancel()
+    if not reading.done():
+        reading.cancel()
+        raise ServiceUnavailable("the server is restarting and the body did not arrive in time; retry")
+    return reading.result()
+
+
 async def put_hello(request: web.Request) -> web.Response:
     username = _username(request)
     _check_content_type(request)
-    text = _date_of_birth_text(await request.read())
+    text = _date_of_birth_text(await _read_body(request))
     today = request.app[keys.CLOCK]()
     try:
         born = parse_date_of_birth(text, today)

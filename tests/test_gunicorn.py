@@ -106,3 +106,37 @@ def test_readiness_turns_503_at_sigterm_before_the_socket_closes(tmp_path: Path)
     assert set(answers[:first_503]) <= {200}
     assert set(answers[first_503:-1]) == {503}
     assert answers[-1] is None
+
+
+def test_a_body_cut_off_by_shutdown_gets_503_at_once_not_a_hang(tmp_path: Path) -> None:
+    # Once aiohttp starts its shutdown it reads nothing more from open connections, so a request
+    # whose body was still on its way can never complete: it must be answered (503, retry) rather
+    # than left to hold the worker for the whole graceful timeout.
+    database = tmp_path / "hello.db"
+    port = free_port()
+    server = start_gunicorn(database, port)
+    try:
+        wait_for_status(f"http://127.0.0.1:{port}/readyz")
+        body = b'{"dateOfBirth": "1990-04-01"}'
+        conn = socket.create_connection(("127.0.0.1", port), timeout=15)
+        head = (
+            "PUT /hello/Cut HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        conn.sendall(head.encode() + body[:10])
+        time.sleep(0.3)
+        server.send_signal(signal.SIGTERM)
+        answer = conn.recv(4096)
+        conn.close()
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"application/problem+json" in answer
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    check = sqlite3.connect(database)
+    try:
+        assert check.execute("SELECT count(*) FROM users").fetchone() == (0,)
+    finally:
+        check.close()
