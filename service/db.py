@@ -241,8 +241,7 @@ class _Writer:
         if len(upserts) > 1:
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for upsert in upserts:
-                    conn.execute(_UPSERT, upsert.params)
+                conn.executemany(_UPSERT, [upsert.params for upsert in upserts])
                 conn.execute("COMMIT")
             except sqlite.Error as exc:
                 if conn.in_transaction:
