@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from service import keys
+from service.logs import AccessLog
 from service.metrics import Metrics
 from service.problems import InternalError, Problem, from_http_exception
 
@@ -36,6 +37,7 @@ def observe(metrics: Metrics) -> Middleware:
     # across processes, without a call for random bytes on every request.
     prefix = os.urandom(8).hex()
     counter = itertools.count(1)
+    access = AccessLog(log)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -68,19 +70,7 @@ def observe(metrics: Metrics) -> Middleware:
         route = _route(request)
         status = response.status
         metrics.observe_request(route, request.method, status, seconds)
-        if log.isEnabledFor(logging.INFO):
-            # What log.info(..., extra=...) makes, less its walk up the stack for the caller's file and
-            # line (the JSON line does not carry them); the fields are built only when the line is wanted.
-            record = logging.LogRecord(log.name, logging.INFO, __file__, 0, "request", (), None)
-            record.__dict__.update(
-                method=request.method,
-                route=route,
-                path=request.path,
-                status=status,
-                duration_ms=round(seconds * 1000, 3),
-                request_id=request_id,
-            )
-            log.handle(record)
+        access.request(request.method, route, request.path, status, round(seconds * 1000, 3), request_id)
         return response
 
     return middleware
