@@ -87,11 +87,22 @@ def seed_database(path: Path, users: int) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
+    flush_to_disk(path)
 
 
 def copy_database(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
+    flush_to_disk(target)
+
+
+def flush_to_disk(path: Path) -> None:
+    """Write the file's dirty pages out now, so that the kernel does not do it during a measurement."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---- wrk scripts -------------------------------------------------------------------------------
