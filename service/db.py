@@ -168,6 +168,7 @@ class _Writer:
         self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self._opened: asyncio.Future[None] = loop.create_future()
         self._closed: asyncio.Future[None] = loop.create_future()
+        self._stopping = False
 
     async def start(self) -> None:
         self._thread.start()
@@ -175,15 +176,24 @@ class _Writer:
 
     async def stop(self) -> None:
         """Finish every queued call, then close the connection."""
-        self._queue.put(_STOP)
+        if not self._stopping:
+            self._stopping = True
+            self._queue.put(_STOP)
         await self._closed
 
+    def _check_open(self) -> None:
+        # Nothing queued after the stop would ever be answered.
+        if self._stopping:
+            raise sqlite.ProgrammingError("the store is closed")
+
     def upsert(self, params: tuple[str, str, str]) -> "asyncio.Future[None]":
+        self._check_open()
         future: asyncio.Future[None] = self._loop.create_future()
         self._queue.put(_Upsert(params, future))
         return future
 
     def call(self, function: Callable[[sqlite.Connection], Any]) -> "asyncio.Future[Any]":
+        self._check_open()
         future: asyncio.Future[Any] = self._loop.create_future()
         self._queue.put(_Call(function, future))
         return future
@@ -212,27 +222,45 @@ class _Writer:
                     except queue.Empty:
                         break
                 settled: Settled = []
-                upserts: list[_Upsert] = []
-                for job in jobs:
-                    if isinstance(job, _Upsert):
-                        upserts.append(job)
-                        continue
-                    # Keep the order of arrival: writes queued before a call are committed first.
-                    self._commit(conn, upserts, settled)
-                    upserts = []
-                    if isinstance(job, _Call):
-                        try:
-                            settled.append((job.future, job.function(conn), None))
-                        except Exception as exc:
-                            settled.append((job.future, None, exc))
-                    else:
-                        stopping = True
-                self._commit(conn, upserts, settled)
+                try:
+                    stopping = self._process(conn, jobs, settled)
+                except Exception as exc:
+                    # A fault outside any one job: each caller not yet answered learns of it.
+                    stopping = any(job is _STOP for job in jobs)
+                    answered = {id(future) for future, _, _ in settled}
+                    settled.extend(
+                        (job.future, None, exc)
+                        for job in jobs
+                        if isinstance(job, _Upsert | _Call) and id(job.future) not in answered
+                    )
                 self._hand_back(settled)
         finally:
             conn.close()
             closed: Settled = [(self._closed, None, None)]
             self._loop.call_soon_threadsafe(_settle, closed)
+
+    def _process(
+        self, conn: sqlite.Connection, jobs: list[_Upsert | _Call | object], settled: Settled
+    ) -> bool:
+        """Run one batch in order of arrival; True if it held the request to stop."""
+        stopping = False
+        upserts: list[_Upsert] = []
+        for job in jobs:
+            if isinstance(job, _Upsert):
+                upserts.append(job)
+                continue
+            # Keep the order of arrival: writes queued before a call are committed first.
+            self._commit(conn, upserts, settled)
+            upserts = []
+            if isinstance(job, _Call):
+                try:
+                    settled.append((job.future, job.function(conn), None))
+                except Exception as exc:
+                    settled.append((job.future, None, exc))
+            else:
+                stopping = True
+        self._commit(conn, upserts, settled)
+        return stopping
 
     @staticmethod
     def _commit(conn: sqlite.Connection, upserts: list[_Upsert], settled: Settled) -> None:
@@ -330,10 +358,10 @@ class UserStore:
         return cls(reader, writer, version, observe)
 
     async def close(self) -> None:
+        """Finish the queued writes, then close both connections; closing again does nothing."""
         try:
             await self._writer.stop()
         finally:
-            self._read_cursor.close()
             self._reader.close()
 
     async def upsert_birthday(self, username: str, born: date) -> None:
