@@ -8,15 +8,13 @@ Litestream do.
 import asyncio
 import contextlib
 import logging
-import queue
 import re
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
 
+import aiosqlite
 import pysqlite3.dbapi2 as sqlite
 
 log = logging.getLogger(__name__)
@@ -125,7 +123,7 @@ _MAX_BATCH = 256
 # this long at most, then the read is retried on the writer's thread, which may wait the full 5 s.
 _READER_BUSY_TIMEOUT_MS = 20
 
-Settled = list[tuple["asyncio.Future[Any]", Any, BaseException | None]]
+Pending = list[tuple[tuple[str, str, str], "asyncio.Future[None]"]]
 
 
 def connect_reader(path: Path) -> sqlite.Connection:
@@ -136,181 +134,94 @@ def connect_reader(path: Path) -> sqlite.Connection:
     return conn
 
 
-class _Upsert(NamedTuple):
-    params: tuple[str, str, str]
-    future: "asyncio.Future[None]"
+class _GroupCommit:
+    """Concurrent upserts share one transaction on the one writing (aiosqlite) connection.
 
-
-class _Call(NamedTuple):
-    function: Callable[[sqlite.Connection], Any]
-    future: "asyncio.Future[Any]"
-
-
-_STOP = object()
-
-
-class _Writer:
-    """One thread with the one writing connection; concurrent upserts share one commit.
-
-    Callers queue their upsert and wait on a future. The thread takes every upsert waiting at that
-    moment (a group commit), writes them in one ``BEGIN IMMEDIATE`` transaction and resolves each
-    future only after ``COMMIT`` returned, so a caller still learns of success only once its own row
-    is committed. If the batch fails, it is rolled back and every upsert in it is retried in a
-    transaction of its own: a bad row fails only its own caller. All results of a batch go back to
-    the event loop in one hop. Other calls (readiness, reads that met a lock) run on the same
-    thread and connection, one at a time, in arrival order.
+    While one batch is being committed, the upserts that arrive wait in ``_pending``; the next batch
+    takes them all (up to ``_MAX_BATCH``) into one ``BEGIN IMMEDIATE ... COMMIT``. Each caller's
+    future resolves only after the COMMIT of its own batch returned, so a 204 still means committed.
+    A batch that fails is rolled back and its writes retried one by one: a bad row fails only its
+    own caller. A fault outside any one write (the connection closed under it) fails the whole
+    batch's callers rather than leaving them waiting.
     """
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
-        self.path = path
-        self._loop = loop
-        self._queue: queue.SimpleQueue[_Upsert | _Call | object] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
-        self._opened: asyncio.Future[None] = loop.create_future()
-        self._closed: asyncio.Future[None] = loop.create_future()
-        self._stopping = False
-
-    async def start(self) -> None:
-        self._thread.start()
-        await self._opened
-
-    async def stop(self) -> None:
-        """Finish every queued call, then close the connection."""
-        if not self._stopping:
-            self._stopping = True
-            self._queue.put(_STOP)
-        await self._closed
-
-    def _check_open(self) -> None:
-        # Nothing queued after the stop would ever be answered.
-        if self._stopping:
-            raise sqlite.ProgrammingError("the store is closed")
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._pending: Pending = []
+        self._flushing: asyncio.Task[None] | None = None
 
     def upsert(self, params: tuple[str, str, str]) -> "asyncio.Future[None]":
-        self._check_open()
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put(_Upsert(params, future))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((params, future))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush())
         return future
 
-    def call(self, function: Callable[[sqlite.Connection], Any]) -> "asyncio.Future[Any]":
-        self._check_open()
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Call(function, future))
-        return future
+    async def wait_idle(self) -> None:
+        """Return once every write queued so far is committed or has failed."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
 
-    def _hand_back(self, settled: Settled) -> None:
-        if settled:
-            self._loop.call_soon_threadsafe(_settle, settled)
-
-    def _run(self) -> None:
-        opened: Settled
+    async def _flush(self) -> None:
         try:
-            conn = connect(self.path)
-        except BaseException as exc:  # handed to the caller of start()
-            opened = [(self._opened, None, exc)]
-            self._loop.call_soon_threadsafe(_settle, opened)
-            return
-        opened = [(self._opened, None, None)]
-        self._loop.call_soon_threadsafe(_settle, opened)
-        try:
-            stopping = False
-            while not stopping:
-                jobs = [self._queue.get()]
-                while len(jobs) < _MAX_BATCH:
-                    try:
-                        jobs.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                settled: Settled = []
+            while self._pending:
+                batch = self._pending[:_MAX_BATCH]
+                del self._pending[:_MAX_BATCH]
                 try:
-                    stopping = self._process(conn, jobs, settled)
+                    await self._commit(batch)
                 except Exception as exc:
-                    # A fault outside any one job: each caller not yet answered learns of it.
-                    stopping = any(job is _STOP for job in jobs)
-                    answered = {id(future) for future, _, _ in settled}
-                    settled.extend(
-                        (job.future, None, exc)
-                        for job in jobs
-                        if isinstance(job, _Upsert | _Call) and id(job.future) not in answered
-                    )
-                self._hand_back(settled)
+                    for _, future in batch:
+                        _settle(future, exc)
         finally:
-            conn.close()
-            closed: Settled = [(self._closed, None, None)]
-            self._loop.call_soon_threadsafe(_settle, closed)
+            self._flushing = None
 
-    def _process(
-        self, conn: sqlite.Connection, jobs: list[_Upsert | _Call | object], settled: Settled
-    ) -> bool:
-        """Run one batch in order of arrival; True if it held the request to stop."""
-        stopping = False
-        upserts: list[_Upsert] = []
-        for job in jobs:
-            if isinstance(job, _Upsert):
-                upserts.append(job)
-                continue
-            # Keep the order of arrival: writes queued before a call are committed first.
-            self._commit(conn, upserts, settled)
-            upserts = []
-            if isinstance(job, _Call):
-                try:
-                    settled.append((job.future, job.function(conn), None))
-                except Exception as exc:
-                    settled.append((job.future, None, exc))
-            else:
-                stopping = True
-        self._commit(conn, upserts, settled)
-        return stopping
-
-    @staticmethod
-    def _commit(conn: sqlite.Connection, upserts: list[_Upsert], settled: Settled) -> None:
-        if not upserts:
-            return
-        if len(upserts) > 1:
+    async def _commit(self, batch: Pending) -> None:
+        if len(batch) > 1:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(_UPSERT, [upsert.params for upsert in upserts])
-                conn.execute("COMMIT")
+                await self._conn.execute("BEGIN IMMEDIATE")
+                await self._conn.executemany(_UPSERT, [params for params, _ in batch])
+                await self._conn.execute("COMMIT")
             except sqlite.Error as exc:
-                if conn.in_transaction:
+                if self._conn.in_transaction:
                     with contextlib.suppress(sqlite.Error):
-                        conn.execute("ROLLBACK")
+                        await self._conn.execute("ROLLBACK")
                 log.warning(
                     "group commit failed; retrying its writes one by one",
-                    extra={"writes": len(upserts), "reason": str(exc)},
+                    extra={"writes": len(batch), "reason": str(exc)},
                 )
             else:
-                settled.extend((upsert.future, None, None) for upsert in upserts)
+                for _, future in batch:
+                    _settle(future, None)
                 return
-        for upsert in upserts:
+        for params, future in batch:
             # A single autocommit statement: committed when execute() returns.
             try:
-                conn.execute(_UPSERT, upsert.params)
+                await self._conn.execute(_UPSERT, params)
             except sqlite.Error as exc:
-                settled.append((upsert.future, None, exc))
+                _settle(future, exc)
             else:
-                settled.append((upsert.future, None, None))
+                _settle(future, None)
 
 
-def _settle(settled: Settled) -> None:
-    for future, result, error in settled:
-        if future.done():  # the caller gave up (cancelled); the write itself stands
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+def _settle(future: "asyncio.Future[None]", error: BaseException | None) -> None:
+    if future.done():  # the caller gave up (cancelled); the write itself stands
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(None)
 
 
-def _count_users(path: Path) -> int:
+async def _open_aiosqlite(connector: Callable[[], sqlite.Connection]) -> aiosqlite.Connection:
+    # aiosqlite drives any DB-API connection: here pysqlite3's, with the fixed SQLite.
+    return await aiosqlite.Connection(connector, iter_chunk_size=64)
+
+
+def _connect_counter(path: Path) -> sqlite.Connection:
     conn = sqlite.connect(str(path), isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("PRAGMA busy_timeout = 5000")
-        count: int = conn.execute(_COUNT).fetchone()[0]
-        return count
-    finally:
-        conn.close()
+    conn.execute("PRAGMA query_only = ON")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
 
 
 class UserStore:
@@ -323,22 +234,28 @@ class UserStore:
     fetches the row and finishes the statement before returning, so no statement stays open across
     an await (the "database is locked" upgrade trap cannot arise on a connection that never writes).
 
-    Writes: one thread with one connection (``_Writer``), never the loop's thread, since a commit can
-    wait for Litestream's lock or run a checkpoint. Concurrent upserts share one transaction.
+    Writes: one aiosqlite connection, so on a thread of its own and never the loop's, since a commit
+    can wait for Litestream's lock or run a checkpoint. Concurrent upserts share one transaction
+    (``_GroupCommit``). A full count, tens of milliseconds at a million users, runs on a second
+    aiosqlite connection that can only read, so that queued writes never wait for it.
     """
 
     def __init__(
         self,
         reader: sqlite.Connection,
-        writer: _Writer,
+        writer: aiosqlite.Connection,
+        counter: aiosqlite.Connection,
         schema_version: int,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self._reader = reader
         self._read_cursor = reader.cursor()
         self._writer = writer
+        self._writes = _GroupCommit(writer)
+        self._counter = counter
         self._schema_version = schema_version
         self._observe = observe
+        self._closed = False
 
     @classmethod
     async def open(
@@ -348,28 +265,39 @@ class UserStore:
         migrations: Path | None = None,
     ) -> "UserStore":
         version = await asyncio.to_thread(migrate, path, migrations)
-        writer = _Writer(path, asyncio.get_running_loop())
-        await writer.start()
+        writer = await _open_aiosqlite(lambda: connect(path))
         try:
-            reader = connect_reader(path)
+            counter = await _open_aiosqlite(lambda: _connect_counter(path))
+            try:
+                reader = connect_reader(path)
+            except BaseException:
+                await counter.close()
+                raise
         except BaseException:
-            await writer.stop()
+            await writer.close()
             raise
-        return cls(reader, writer, version, observe)
+        return cls(reader, writer, counter, version, observe)
 
     async def close(self) -> None:
-        """Finish the queued writes, then close both connections; closing again does nothing."""
+        """Finish the queued writes, then close every connection; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            await self._writer.stop()
+            await self._writes.wait_idle()
+            await self._writer.close()
+            await self._counter.close()
         finally:
             self._reader.close()
 
     async def upsert_birthday(self, username: str, born: date) -> None:
         """Insert or update; committed when this returns."""
+        if self._closed:
+            raise sqlite.ProgrammingError("the store is closed")
         started = time.perf_counter()
         updated_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         try:
-            await self._writer.upsert((username, born.isoformat(), updated_at))
+            await self._writes.upsert((username, born.isoformat(), updated_at))
         finally:
             if self._observe is not None:
                 self._observe("upsert", time.perf_counter() - started)
@@ -383,7 +311,8 @@ class UserStore:
             except sqlite.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", None) not in _BUSY_CODES:
                     raise
-                rows = await self._writer.call(lambda conn: conn.execute(_SELECT, (username,)).fetchall())
+                # Met a lock (rare in WAL mode): wait for it off the event loop's thread.
+                rows = list(await self._counter.execute_fetchall(_SELECT, (username,)))
         finally:
             if self._observe is not None:
                 self._observe("select", time.perf_counter() - started)
@@ -392,27 +321,25 @@ class UserStore:
         return None
 
     async def count_users(self) -> int:
-        # A full count reads the whole table (tens of milliseconds at a million users): on a
-        # connection and thread of its own, so that neither the event loop nor the writes queued on
-        # the writer's thread wait for it.
         started = time.perf_counter()
         try:
-            count: int = await asyncio.to_thread(_count_users, self._writer.path)
+            rows = await self._counter.execute_fetchall(_COUNT)
         finally:
             if self._observe is not None:
                 self._observe("count", time.perf_counter() - started)
-        return count
+        return int(next(iter(rows))[0])
 
     async def check_ready(self) -> None:
         """Raise unless the database answers and its schema is the one this release expects.
 
-        Asked on the writer's thread, so that readiness also says that writes are being taken.
+        Asked on the writing connection, so that readiness also says that writes are being taken.
         """
         started = time.perf_counter()
         try:
-            version: int = await self._writer.call(lambda conn: conn.execute(_SCHEMA_VERSION).fetchone()[0])
+            rows = await self._writer.execute_fetchall(_SCHEMA_VERSION)
         finally:
             if self._observe is not None:
                 self._observe("ready", time.perf_counter() - started)
+        version = int(next(iter(rows))[0])
         if version != self._schema_version:
             raise NotMigrated(f"schema version {version}, expected {self._schema_version}")

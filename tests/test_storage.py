@@ -138,3 +138,42 @@ async def test_the_store_refuses_to_open_a_newer_database(tmp_path: Path) -> Non
         conn.execute("PRAGMA user_version = 7")
     with pytest.raises(SchemaTooNew):
         await UserStore.open(path)
+
+
+async def test_a_bad_row_in_a_group_commit_fails_only_its_own_caller(tmp_path: Path) -> None:
+    # Concurrent upserts share one transaction; a row the schema refuses (a name over 64
+    # characters, which the API would never send) must not take the others down with it.
+    path = tmp_path / "hello.db"
+    store = await UserStore.open(path)
+    good = [f"user{chr(ord('a') + i)}" for i in range(20)]
+    try:
+        results = await asyncio.gather(
+            *(store.upsert_birthday(name, date(1990, 1, 2)) for name in good[:10]),
+            store.upsert_birthday("x" * 65, date(1990, 1, 2)),
+            *(store.upsert_birthday(name, date(1990, 1, 2)) for name in good[10:]),
+            return_exceptions=True,
+        )
+    finally:
+        await store.close()
+    assert [type(result) for result in results].count(bundled_sqlite.IntegrityError) == 1
+    assert isinstance(results[10], bundled_sqlite.IntegrityError)
+    with raw(path) as conn:
+        stored = [row[0] for row in conn.execute("SELECT username FROM users ORDER BY username")]
+    assert stored == sorted(good)
+
+
+async def test_closing_waits_for_queued_writes_and_then_refuses_more(tmp_path: Path) -> None:
+    path = tmp_path / "hello.db"
+    store = await UserStore.open(path)
+    writes = [
+        asyncio.ensure_future(store.upsert_birthday(f"user{chr(ord('a') + i)}", date(1990, 1, 2)))
+        for i in range(26)
+    ]
+    await asyncio.sleep(0)
+    await store.close()
+    await asyncio.gather(*writes)
+    with raw(path) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (26,)
+    with pytest.raises(bundled_sqlite.ProgrammingError):
+        await store.upsert_birthday("late", date(1990, 1, 2))
+    await store.close()  # a second close does nothing
