@@ -29,15 +29,17 @@ def start_gunicorn(database: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def send_put(port: int, username: str) -> socket.socket:
-    """Send a whole PUT and return the connection, for its answer to be read later."""
-    body = b'{"dateOfBirth": "1990-04-01"}'
+BODY = b'{"dateOfBirth": "1990-04-01"}'
+
+
+def send_put(port: int, username: str, body_bytes_sent: int = len(BODY)) -> socket.socket:
+    """Send a PUT (its body only up to ``body_bytes_sent``); the connection, to read the answer."""
     conn = socket.create_connection(("127.0.0.1", port), timeout=15)
     head = (
         f"PUT /hello/{username} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n"
     )
-    conn.sendall(head.encode() + body)
+    conn.sendall(head.encode() + BODY[:body_bytes_sent])
     return conn
 
 
@@ -117,13 +119,7 @@ def test_a_body_cut_off_by_shutdown_gets_503_at_once_not_a_hang(tmp_path: Path) 
     server = start_gunicorn(database, port)
     try:
         wait_for_status(f"http://127.0.0.1:{port}/readyz")
-        body = b'{"dateOfBirth": "1990-04-01"}'
-        conn = socket.create_connection(("127.0.0.1", port), timeout=15)
-        head = (
-            "PUT /hello/Cut HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        conn.sendall(head.encode() + body[:10])
+        conn = send_put(port, "Cut", body_bytes_sent=10)
         time.sleep(0.3)
         server.send_signal(signal.SIGTERM)
         answer = conn.recv(4096)
