@@ -1,11 +1,15 @@
 """``python -m service``: the development server (aiohttp's own runner, one process).
 
-``python -m service migrate`` applies the migrations to ``DATABASE_PATH`` and exits; the production
-entrypoint runs it before Litestream starts, so that the database exists for Litestream to follow.
+``python -m service migrate`` applies the migrations to ``DATABASE_PATH`` and exits.
+
+``python -m service supervise ROOT`` runs the production stack (scripts/start.sh execs it; ROOT is the
+folder with litestream.yml and gunicorn.conf.py): the boot checks, then Litestream and gunicorn side
+by side (``service/supervisor.py``).
 """
 
 import logging
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -16,9 +20,17 @@ from service.settings import Config, ConfigError
 
 log = logging.getLogger("service")
 
+USAGE = "usage: python -m service [migrate | supervise ROOT]"
+
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["supervise"]:
+        if len(args) != 2:
+            sys.exit(USAGE)
+        from service.supervisor import main as supervise  # boto3 and child processes: not for the server
+
+        sys.exit(supervise(Path(args[1])))
     try:
         config = Config.from_env()
     except ConfigError as exc:
@@ -32,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("database ready", extra={"database": str(config.database_path), "version": version})
         return
     if args:
-        sys.exit("usage: python -m service [migrate]")
+        sys.exit(USAGE)
     log.info("serving", extra={"url": f"http://{config.host}:{config.port}"})
     web.run_app(
         create_app(config),

@@ -1,5 +1,6 @@
 """The application factory: all wiring happens here, and everything hangs off the app."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime
@@ -8,6 +9,7 @@ from aiohttp import web
 
 from service import __version__, keys, views
 from service.db import SQLITE_VERSION, UserStore
+from service.guard import WriteGuard
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middlewares import observe
@@ -19,12 +21,14 @@ log = logging.getLogger(__name__)
 def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.Application:
     """The public application; its start-up opens the store and the metrics port."""
     metrics = Metrics()
+    metrics.record_boot(config.boot_report)
     app = web.Application(middlewares=[observe(metrics)], client_max_size=views.MAX_BODY_BYTES)
     app[keys.CONFIG] = config
     zone = config.zone
     app[keys.CLOCK] = clock or (lambda: datetime.now(zone).date())
     app[keys.METRICS] = metrics
     app[keys.STATE] = keys.State()
+    app.cleanup_ctx.append(_write_guard)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_metrics_server)
     app.on_shutdown.append(_drain)
@@ -42,6 +46,29 @@ async def app_factory() -> web.Application:
     config = Config.from_env()
     configure_logging(config.logging_level)
     return create_app(config)
+
+
+async def _write_guard(app: web.Application) -> AsyncIterator[None]:
+    """Watch Litestream (when the supervisor started it), so that writes stop the moment it exits."""
+    config = app[keys.CONFIG]
+    guard = WriteGuard(config.litestream_pid, config.fence_file)
+    guard.open()
+    app[keys.GUARD] = guard
+    loop = asyncio.get_running_loop()
+    pidfd = guard.pidfd
+    if pidfd is not None:
+
+        def on_litestream_exit() -> None:
+            guard.refusal()
+            loop.remove_reader(pidfd)  # it stays readable: one call is all it takes
+
+        loop.add_reader(pidfd, on_litestream_exit)
+    try:
+        yield
+    finally:
+        if pidfd is not None:
+            loop.remove_reader(pidfd)
+        guard.close()
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:

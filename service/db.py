@@ -343,3 +343,50 @@ class UserStore:
         version = int(next(iter(rows))[0])
         if version != self._schema_version:
             raise NotMigrated(f"schema version {version}, expected {self._schema_version}")
+
+
+# --- Re-applying the rows of a set-aside database (service/lineage.py) ---------------------------------
+
+_SELECT_ALL = "SELECT username, date_of_birth, updated_at FROM users ORDER BY username"
+# Newest wins: a row replaces the stored one only when its updated_at is later. updated_at is ISO 8601
+# UTC with milliseconds, so text order is time order.
+_UPSERT_IF_NEWER = _UPSERT + " WHERE excluded.updated_at > users.updated_at"
+_REAPPLY_CHUNK = 10_000
+
+
+def reapply_newer_rows(path: Path, source: Path) -> tuple[int, int]:
+    """Copy into ``path`` each row of ``source`` that is newer than ``path``'s row for the same user.
+
+    One transaction on a normal writing connection, so that Litestream, following ``path``,
+    replicates the result like any other write. ``source`` is opened read-only and left as it is.
+    Returns (rows read from ``source``, rows written to ``path``).
+    """
+    old = sqlite.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
+    conn = connect(path)
+    try:
+        read = 0
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = old.execute(_SELECT_ALL)
+            while rows := cursor.fetchmany(_REAPPLY_CHUNK):
+                read += len(rows)
+                conn.executemany(_UPSERT_IF_NEWER, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return read, conn.total_changes - before
+    finally:
+        conn.close()
+        old.close()
+
+
+def checkpoint(path: Path) -> None:
+    """Fold the -wal file into the database file and empty it; for a database nobody else has open."""
+    conn = connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.close()

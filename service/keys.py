@@ -8,6 +8,7 @@ from datetime import date
 from aiohttp import web
 
 from service.db import UserStore
+from service.guard import WriteGuard
 from service.metrics import Metrics
 from service.settings import Config
 
@@ -28,6 +29,7 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", UserStore)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", State)
+GUARD = web.AppKey("guard", WriteGuard)
 Clock = Callable[[], date]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -1,5 +1,6 @@
 """Prometheus metrics: one registry per application, served on a port of its own."""
 
+import json
 import platform
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -101,7 +102,30 @@ class Metrics:
             registry=self.registry,
         )
         build_info.labels(__version__, SQLITE_VERSION, platform.python_version()).set(1)
+        self.boot_outcome = Gauge(
+            "hello_boot_outcome",
+            "1 for what this start found the local database to be: new, restored, kept, behind or "
+            "diverged (behind and diverged: set aside, and the replica's latest restored).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.boot_rows = Gauge(
+            "hello_boot_rows",
+            "Rows of the database set aside at this start (set_aside), and those re-applied because "
+            "they were newer than the replica's for the same user (reapplied).",
+            ("kind",),
+            registry=self.registry,
+        )
         self._status_text: dict[int, str] = {}
+
+    def record_boot(self, report_json: str) -> None:
+        """What the supervisor's boot did (its ``BootReport`` as JSON); nothing when not supervised."""
+        if not report_json:
+            return
+        report = json.loads(report_json)
+        self.boot_outcome.labels(str(report.get("outcome", "unknown"))).set(1)
+        self.boot_rows.labels("set_aside").set(int(report.get("rows_set_aside", 0)))
+        self.boot_rows.labels("reapplied").set(int(report.get("rows_reapplied", 0)))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

@@ -24,6 +24,11 @@ class Config:
     log_level: str = "INFO"
     timezone: str = "UTC"
     shutdown_timeout: float = 20.0
+    # Set by the supervisor for gunicorn (service/supervisor.py), never by hand: Litestream's process
+    # id (writes are refused once it exits), the fence file, and what the boot did (JSON).
+    litestream_pid: int | None = None
+    fence_file: Path | None = None
+    boot_report: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -38,6 +43,9 @@ class Config:
             log_level=_log_level(env, "LOG_LEVEL", defaults.log_level),
             timezone=_timezone(env, "TIMEZONE", defaults.timezone),
             shutdown_timeout=_seconds(env, "SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
+            litestream_pid=_pid(env, "LITESTREAM_PID"),
+            fence_file=Path(fence) if (fence := _text(env, "WRITER_FENCE_FILE", "")) else None,
+            boot_report=_text(env, "BOOT_REPORT", ""),
         )
         if config.port == config.metrics_port and config.port != 0:
             raise ConfigError(f"METRICS_PORT must differ from PORT (both are {config.port})")
@@ -63,6 +71,15 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
         return default
     if not raw.isdigit() or not 0 <= int(raw) <= 65535:
         raise ConfigError(f"{name} must be a port number from 0 to 65535, not {raw!r}")
+    return int(raw)
+
+
+def _pid(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a process id, not {raw!r}")
     return int(raw)
 
 

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024
 _READY_TIMEOUT_SECONDS = 2.0
+_RETRY_LATER = {"Retry-After": "5"}
 
 
 def _username(request: web.Request) -> str:
@@ -69,8 +70,15 @@ async def _read_body(request: web.Request) -> bytes:
     return reading.result()
 
 
+def _check_writable(request: web.Request) -> None:
+    reason = request.app[keys.GUARD].refusal()
+    if reason is not None:
+        raise ServiceUnavailable(f"{reason}; nothing was written, retry later", headers=_RETRY_LATER)
+
+
 async def put_hello(request: web.Request) -> web.Response:
     username = _username(request)
+    _check_writable(request)
     _check_content_type(request)
     text = _date_of_birth_text(await _read_body(request))
     today = request.app[keys.CLOCK]()
@@ -79,6 +87,10 @@ async def put_hello(request: web.Request) -> web.Response:
     except InvalidDateOfBirth as exc:
         raise InvalidInput(f"dateOfBirth {exc}") from None
     await request.app[keys.STORE].upsert_birthday(username, born)
+    # Committed locally, but a 204 also promises that Litestream follows it: ask again.
+    reason = request.app[keys.GUARD].refusal()
+    if reason is not None:
+        raise ServiceUnavailable(f"{reason}; the write may not be kept, retry later", headers=_RETRY_LATER)
     return web.Response(status=204)
 
 
@@ -99,6 +111,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     if request.app[keys.STATE].draining:
         raise ServiceUnavailable("shutting down; not taking new work")
+    refusal = request.app[keys.GUARD].refusal()
+    if refusal is not None:
+        raise ServiceUnavailable(f"not taking writes: {refusal}")
     try:
         async with asyncio.timeout(_READY_TIMEOUT_SECONDS):
             await request.app[keys.STORE].check_ready()

@@ -1,0 +1,307 @@
+"""One writer per replica path, and one stack per volume.
+
+Litestream 0.5 does not coordinate writers: two stacks replicating to one path interleave their
+histories and the replica can become unrestorable. So the supervisor holds a lease on the replica
+path for as long as it runs, and refuses to start while another live writer holds it.
+
+- ``s3://`` replicas: an object ``<path>/writer-lease.json`` written with conditional requests. It is
+  created with ``If-None-Match: *`` and renewed or taken over with ``If-Match: <etag>``, so two
+  writers can never both believe they hold it. It lapses ``ttl`` seconds after its last renewal, by
+  the object store's clock (the object's Last-Modified against the answer's Date), so the writers'
+  clocks do not matter. A graceful stop marks it released: the next writer takes it at once. The
+  same machine starting again on the same database takes it over at once too (a crash, or the
+  platform restarting it); the volume lock below guarantees that the old stack is gone by then.
+- ``file://`` replicas: an exclusive ``flock`` on ``<path>/writer.lock``, which the kernel releases
+  when the holder dies; the file says who holds it.
+- The volume: an exclusive ``flock`` on ``.<db>.lock`` beside the database, held for the stack's
+  life, so that two stacks (or two restores) never run on one volume at once.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from service.replica import FileReplica, ReplicaUnavailable, S3Replica, describe_client_error, is_server_error
+
+LEASE_OBJECT = "writer-lease.json"
+LEASE_FILE = "writer.lock"
+
+
+class LeaseHeld(RuntimeError):
+    """Another live writer holds the replica path (or another stack the volume)."""
+
+
+class LeaseLost(RuntimeError):
+    """While serving, the object store said that another writer now holds the replica path."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a lease: the machine, the database it writes, and this run of the stack."""
+
+    machine: str
+    database: str
+    pid: int
+    instance: str
+    since: str
+
+    @classmethod
+    def me(cls, database: Path, environ: Mapping[str, str]) -> "Holder":
+        # FLY_MACHINE_ID is set by Fly.io on every machine; elsewhere the host name stands for it.
+        machine = environ.get("FLY_MACHINE_ID") or socket.gethostname()
+        return cls(machine, str(database), os.getpid(), uuid.uuid4().hex, _now())
+
+    @classmethod
+    def from_json(cls, document: Any) -> "Holder":
+        try:
+            return cls(
+                machine=str(document["machine"]),
+                database=str(document["database"]),
+                pid=int(document["pid"]),
+                instance=str(document["instance"]),
+                since=str(document["since"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return cls("unknown", "unknown", 0, "unknown", "unknown")
+
+    def same_place(self, other: "Holder") -> bool:
+        return (self.machine, self.database) == (other.machine, other.database)
+
+    def describe(self) -> str:
+        return f"machine {self.machine} (database {self.database}, pid {self.pid}) since {self.since}"
+
+
+class WriterLease(Protocol):
+    holder: Holder
+
+    def acquire(self) -> str:
+        """Take the lease or raise ``LeaseHeld``; returns how it was taken, for the log."""
+        ...
+
+    def renew(self) -> None:
+        """Raise ``LeaseLost`` if another writer holds it now, ``ReplicaUnavailable`` if unreachable."""
+        ...
+
+    def release(self) -> None: ...
+
+
+# --- Locks on local files -------------------------------------------------------------------------------
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path``, with the holder written into the file for whoever is refused."""
+
+    def __init__(self, path: Path, holder: Holder, what: str) -> None:
+        self.path = path
+        self.holder = holder
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LeaseHeld(f"{self.what}: {self._current_holder()}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(asdict(self.holder)).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return "taken"
+
+    def renew(self) -> None:
+        """A lock the kernel holds for this process cannot be taken away."""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def _current_holder(self) -> str:
+        try:
+            return Holder.from_json(json.loads(self.path.read_bytes())).describe()
+        except (OSError, ValueError):
+            return "another process (its details could not be read)"
+
+
+def volume_lock(database: Path, holder: Holder) -> FileLock:
+    lock = database.with_name(f".{database.name}.lock")
+    return FileLock(lock, holder, f"another stack is running on the volume of {database}")
+
+
+# --- The lease object in an S3 replica --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    holder: Holder
+    released: bool
+    ttl: float
+    age: float
+    etag: str
+
+
+class S3Lease:
+    """The lease as an object in the replica's path, changed only by conditional writes."""
+
+    def __init__(self, replica: S3Replica, holder: Holder, ttl: float) -> None:
+        self.replica = replica
+        self.holder = holder
+        self.ttl = ttl
+        self.key = replica.key(LEASE_OBJECT)
+        self._etag: str | None = None
+
+    def acquire(self) -> str:
+        for _ in range(3):  # another writer may win a race between the read and the write
+            seen = self._read()
+            if seen is None:
+                if self._write(if_none_match=True):
+                    return "taken (no lease before)"
+                continue
+            if seen.holder.instance == self.holder.instance:
+                self._etag = seen.etag
+                return "taken"
+            if seen.released:
+                how = f"taken over from {seen.holder.describe()}, which released it"
+            elif self.holder.same_place(seen.holder):
+                how = f"taken over from this machine's previous run ({seen.holder.describe()})"
+            elif seen.age > seen.ttl:
+                how = (
+                    f"taken over from {seen.holder.describe()}, which lapsed {seen.age - seen.ttl:.0f} s ago"
+                )
+            else:
+                raise LeaseHeld(
+                    f"another writer holds {self.replica.url}: {seen.holder.describe()}, last renewed "
+                    f"{seen.age:.0f} s ago (the lease lapses {seen.ttl:.0f} s after its last renewal). "
+                    "One writer per replica path: stop the other stack, or give this one its own "
+                    "REPLICA_URL"
+                )
+            if self._write(if_match=seen.etag):
+                return how
+        raise LeaseHeld(f"another writer keeps taking the lease on {self.replica.url}")
+
+    def renew(self) -> None:
+        if self._etag is None:
+            raise LeaseLost("the lease was never taken")
+        if self._write(if_match=self._etag):
+            return
+        seen = self._read()
+        if seen is not None and seen.holder.instance == self.holder.instance:
+            self._etag = seen.etag  # our own write won after all (an answer lost on the way)
+            return
+        if seen is None:
+            # Someone deleted the object: take it again, unless another writer does first.
+            if self._write(if_none_match=True):
+                return
+            seen = self._read()
+        who = seen.holder.describe() if seen is not None else "another writer"
+        raise LeaseLost(f"the lease on {self.replica.url} is now held by {who}")
+
+    def release(self) -> None:
+        if self._etag is not None:
+            self._write(if_match=self._etag, released=True)
+            self._etag = None
+
+    def _read(self) -> _Seen | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = self.replica.client.get_object(Bucket=self.replica.location.bucket, Key=self.key)
+            body = answer["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return None
+            raise ReplicaUnavailable(
+                f"reading the lease: {describe_client_error(exc)}", is_server_error(exc)
+            ) from exc
+        except BotoCoreError as exc:
+            raise ReplicaUnavailable(f"reading the lease: {exc}", transient=True) from exc
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = {}
+        # Both times come from the object store, so the machines' clocks do not matter.
+        server_now = answer["ResponseMetadata"]["HTTPHeaders"].get("date")
+        age = 0.0
+        if server_now:
+            from email.utils import parsedate_to_datetime
+
+            age = (parsedate_to_datetime(server_now) - answer["LastModified"]).total_seconds()
+        return _Seen(
+            holder=Holder.from_json(document.get("holder")),
+            released=bool(document.get("released")),
+            ttl=float(document.get("ttl_seconds") or self.ttl),
+            age=age,
+            etag=answer["ETag"],
+        )
+
+    def _write(
+        self, *, if_match: str | None = None, if_none_match: bool = False, released: bool = False
+    ) -> bool:
+        """A conditional PUT; False when the condition failed (someone else wrote first)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        document = {
+            "holder": asdict(self.holder),
+            "ttl_seconds": self.ttl,
+            "released": released,
+            "written_at": _now(),
+        }
+        condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if if_none_match else {}
+        try:
+            answer = self.replica.client.put_object(
+                Bucket=self.replica.location.bucket,
+                Key=self.key,
+                Body=json.dumps(document).encode(),
+                ContentType="application/json",
+                **condition,
+            )
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code")
+            if status in {404, 409, 412} or code in {
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+                "NoSuchKey",
+            }:
+                return False
+            raise ReplicaUnavailable(
+                f"writing the lease: {describe_client_error(exc)}", is_server_error(exc)
+            ) from exc
+        except BotoCoreError as exc:
+            raise ReplicaUnavailable(f"writing the lease: {exc}", transient=True) from exc
+        self._etag = answer["ETag"]
+        return True
+
+
+def writer_lease(replica: FileReplica | S3Replica, holder: Holder, ttl: float) -> WriterLease:
+    if isinstance(replica, S3Replica):
+        return S3Lease(replica, holder, ttl)
+    return FileLock(replica.root / LEASE_FILE, holder, f"another writer holds {replica.url}")
+
+
+def release_quietly(lease: WriterLease | FileLock) -> str | None:
+    """Release, and say why not if it failed (an unreachable store): the lease then lapses by itself."""
+    with contextlib.suppress(LeaseLost):
+        try:
+            lease.release()
+        except ReplicaUnavailable as exc:
+            return str(exc)
+    return None

@@ -1,0 +1,236 @@
+"""The replica as the boot checks and the writer lease see it: its LTX files and one small object.
+
+Litestream 0.5 keeps a replica as LTX files under ``<path>/ltx/<level>/<minTXID>-<maxTXID>.ltx``
+(16 hex digits each). Level 0 holds the files exactly as the writing machine cut them, so a level-0
+file in the replica and the same-named file in the local state folder (``.<db>-litestream/ltx/0``)
+are byte for byte the same file when they come from the same history. Their trailer ends with a
+CRC-64 of the whole file: that is the fingerprint compared here (Litestream 0.5 writes LTX files
+without the rolling database checksums, so those are zero and say nothing).
+
+Two kinds of replica, as ``REPLICA_URL`` names them: ``s3://bucket/path?endpoint=...&region=...``
+(S3, Tigris, any S3-compatible store; conditional writes make the lease) and ``file:///abs/path``
+(a folder; a file lock makes the lease).
+"""
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+LTX_NAME = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx")
+# The trailer's last 8 bytes: CRC-64 of the file (github.com/superfly/ltx, TrailerSize = 16).
+FILE_CHECKSUM_BYTES = 8
+
+
+class ReplicaUnavailable(RuntimeError):
+    """The replica could not be read or written: unreachable, refused, or misconfigured.
+
+    ``transient`` says whether trying again may help: no answer, or a server error (5xx). A refusal
+    (wrong credentials, no such bucket) is not transient.
+    """
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class LtxFile:
+    """One LTX file by its transaction range; ``name`` is its file name."""
+
+    max_txid: int
+    min_txid: int
+    name: str
+    size: int
+
+    @classmethod
+    def parse(cls, name: str, size: int) -> "LtxFile | None":
+        match = LTX_NAME.fullmatch(name)
+        if match is None:
+            return None
+        return cls(max_txid=int(match.group(2), 16), min_txid=int(match.group(1), 16), name=name, size=size)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """A small object of the replica's (the lease), as read: body, version tag, and the store's clock."""
+
+    body: bytes
+    etag: str
+    age_seconds: float
+
+
+class Replica(Protocol):
+    """What the boot checks need of a replica."""
+
+    @property
+    def url(self) -> str: ...
+
+    def level0(self) -> list[LtxFile]:
+        """Every level-0 LTX file, oldest first; empty when nothing was ever replicated."""
+        ...
+
+    def has_any_ltx(self) -> bool:
+        """Whether the replica holds any LTX file at all, at any level."""
+        ...
+
+    def file_checksum(self, ltx: LtxFile) -> bytes:
+        """The last 8 bytes of a level-0 file: its CRC-64."""
+        ...
+
+
+def local_level0(state_dir: Path) -> list[LtxFile]:
+    """The level-0 files of a local Litestream state folder (``.<db>-litestream``), oldest first."""
+    folder = state_dir / "ltx" / "0"
+    if not folder.is_dir():
+        return []
+    found = (LtxFile.parse(path.name, path.stat().st_size) for path in folder.iterdir())
+    return sorted(ltx for ltx in found if ltx is not None)
+
+
+def local_file_checksum(state_dir: Path, ltx: LtxFile) -> bytes:
+    with (state_dir / "ltx" / "0" / ltx.name).open("rb") as file:
+        file.seek(-FILE_CHECKSUM_BYTES, 2)
+        return file.read(FILE_CHECKSUM_BYTES)
+
+
+# --- file:// -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileReplica:
+    url: str
+    root: Path
+
+    def level0(self) -> list[LtxFile]:
+        return local_level0(self.root)
+
+    def has_any_ltx(self) -> bool:
+        ltx = self.root / "ltx"
+        return ltx.is_dir() and any(LTX_NAME.fullmatch(path.name) for path in ltx.glob("*/*"))
+
+    def file_checksum(self, ltx: LtxFile) -> bytes:
+        return local_file_checksum(self.root, ltx)
+
+
+# --- s3:// ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str | None
+
+
+class S3Replica:
+    """An S3-compatible replica, spoken to with boto3; every call is bounded by short timeouts.
+
+    boto3 is imported here, on first use, so that the service's worker never loads it.
+    """
+
+    def __init__(self, url: str, location: S3Location, environ: Mapping[str, str]) -> None:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        self.url = url
+        self.location = location
+        region = location.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+        self.client: Any = boto3.session.Session().client(
+            "s3",
+            endpoint_url=location.endpoint,
+            region_name=region or "us-east-1",
+            aws_access_key_id=environ.get("AWS_ACCESS_KEY_ID") or environ.get("LITESTREAM_ACCESS_KEY_ID"),
+            aws_secret_access_key=(
+                environ.get("AWS_SECRET_ACCESS_KEY") or environ.get("LITESTREAM_SECRET_ACCESS_KEY")
+            ),
+            config=BotoConfig(
+                connect_timeout=3,
+                read_timeout=5,
+                # The callers retry until their own deadline; botocore's retries would hide how long
+                # a call can take.
+                retries={"max_attempts": 1, "mode": "standard"},
+                s3={"addressing_style": "path" if location.endpoint else "auto"},
+            ),
+        )
+
+    def key(self, name: str) -> str:
+        return f"{self.location.prefix}/{name}" if self.location.prefix else name
+
+    def level0(self) -> list[LtxFile]:
+        found: list[LtxFile] = []
+        for item in self._list(self.key("ltx/0/")):
+            ltx = LtxFile.parse(item["Key"].rsplit("/", 1)[-1], int(item["Size"]))
+            if ltx is not None:
+                found.append(ltx)
+        return sorted(found)
+
+    def has_any_ltx(self) -> bool:
+        page = self._call("list_objects_v2", Bucket=self.location.bucket, Prefix=self.key("ltx/"), MaxKeys=1)
+        return bool(page.get("Contents"))
+
+    def file_checksum(self, ltx: LtxFile) -> bytes:
+        first = ltx.size - FILE_CHECKSUM_BYTES
+        answer = self._call(
+            "get_object",
+            Bucket=self.location.bucket,
+            Key=self.key(f"ltx/0/{ltx.name}"),
+            Range=f"bytes={first}-{ltx.size - 1}",
+        )
+        body: bytes = answer["Body"].read()
+        return body[-FILE_CHECKSUM_BYTES:]
+
+    def _list(self, prefix: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token: dict[str, str] = {}
+        while True:
+            page = self._call("list_objects_v2", Bucket=self.location.bucket, Prefix=prefix, **token)
+            items.extend(page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return items
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def _call(self, operation: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, operation)(**kwargs)
+        except ClientError as exc:
+            raise ReplicaUnavailable(
+                f"{operation}: {describe_client_error(exc)}", is_server_error(exc)
+            ) from exc
+        except BotoCoreError as exc:
+            raise ReplicaUnavailable(f"{operation}: {exc}", transient=True) from exc
+
+
+def describe_client_error(exc: Any) -> str:
+    """An S3 error as its code and message, e.g. 'InvalidAccessKeyId: The AWS Access Key Id ...'."""
+    error = exc.response.get("Error", {})
+    code = error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return f"{code}: {error.get('Message') or exc}"
+
+
+def is_server_error(exc: Any) -> bool:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return int(status) >= 500
+
+
+def parse_s3_url(url: str) -> S3Location:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    endpoint = query["endpoint"][0] if query.get("endpoint") else None
+    region = query["region"][0] if query.get("region") else None
+    return S3Location(bucket=parts.netloc, prefix=parts.path.strip("/"), endpoint=endpoint, region=region)
+
+
+def open_replica(url: str, environ: Mapping[str, str]) -> FileReplica | S3Replica:
+    """The replica that ``REPLICA_URL`` names (validated by scripts/start.sh before this runs)."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return FileReplica(url=url, root=Path(parts.path))
+    if parts.scheme == "s3":
+        return S3Replica(url, parse_s3_url(url), environ)
+    raise ValueError(f"REPLICA_URL must be s3://bucket/path?... or file:///absolute/path, not {url!r}")

@@ -1,0 +1,602 @@
+"""The production stack's supervisor: ``python -m service supervise`` (scripts/start.sh execs it).
+
+Before serving, in order, each step bounded in time and each failure a message that names it:
+
+1. Lock the volume (one stack, and one restore, per database folder).
+2. Take the writer lease on the replica path (``service/lease.py``); refuse while another writer holds it.
+3. Place the local database against the replica (``service/lineage.py``). No local database: restore
+   the replica's latest (none yet is fine on a first start). Holding the replica's newest state: keep
+   it. Behind or off the replica's history: set it aside, restore the latest, and later re-apply its
+   newer rows.
+4. Apply the migrations.
+5. Start Litestream and wait for its first sync: until then it would not replicate a write.
+6. Re-apply the set-aside rows that are newer than the restored ones, as ordinary writes.
+7. Start gunicorn.
+
+Litestream and gunicorn run side by side as this process's children, each in a process group of its
+own (a Ctrl-C in a terminal reaches only this process) and each killed by the kernel if this process
+dies (``PR_SET_PDEATHSIG``), so that no orphan keeps the port or the database. While serving:
+
+- SIGTERM or SIGINT: gunicorn drains and exits, then Litestream makes its final sync, then the lease
+  is released. Further stop signals are logged and ignored: they cannot cut the final sync short.
+- SIGHUP is passed to gunicorn (a reload).
+- Litestream dies: gunicorn's worker stops taking writes at once (it watches Litestream's process,
+  ``service/guard.py``); this process stops gunicorn and exits non-zero, so that the platform restarts
+  the stack. A restart on the same volume replicates what was committed meanwhile.
+- gunicorn exits: Litestream syncs and stops; exit non-zero.
+- The object store says that another writer took the lease: the worker is told (the fence file) and
+  Litestream is killed without a final sync, so nothing of the other writer's history is overwritten.
+  Writes and readiness answer 503 until the stack is stopped.
+"""
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+from service.db import SchemaTooNew, migrate, reapply_newer_rows
+from service.lease import (
+    FileLock,
+    Holder,
+    LeaseHeld,
+    LeaseLost,
+    WriterLease,
+    release_quietly,
+    volume_lock,
+    writer_lease,
+)
+from service.lineage import Placement, Standing, place, set_aside, state_dir
+from service.logs import configure_logging
+from service.replica import FileReplica, ReplicaUnavailable, S3Replica, open_replica
+from service.settings import Config, ConfigError
+
+log = logging.getLogger("service.supervisor")
+
+T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How long Litestream may take to stop after SIGTERM: litestream.yml's shutdown-sync-timeout (10 s)
+# and some room to close.
+_LITESTREAM_STOP_SECONDS = 20.0
+_POLL_SECONDS = 0.1
+
+
+class BootError(RuntimeError):
+    """Start-up cannot go on; the message says what failed and what was left as it was."""
+
+
+class StopRequested(BaseException):
+    """A stop signal arrived while booting (BaseException, so that no ``except Exception`` eats it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StackSettings:
+    """What the supervisor needs beyond the service's own ``Config`` (all checked by start.sh too)."""
+
+    database: Path
+    replica_url: str
+    litestream_config: Path
+    gunicorn_config: Path
+    litestream_socket: Path
+    restore_timeout: float
+    ready_timeout: float
+    lease_ttl: float
+    runtime_dir: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], root: Path) -> "StackSettings":
+        replica_url = environ.get("REPLICA_URL", "")
+        if not replica_url:
+            raise ConfigError("REPLICA_URL is not set")
+        socket_path = environ.get("LITESTREAM_SOCKET", "")
+        if not socket_path:
+            raise ConfigError("LITESTREAM_SOCKET is not set")
+        return cls(
+            database=Path(environ.get("DATABASE_PATH", "data/hello.db")).absolute(),
+            replica_url=replica_url,
+            litestream_config=root / "litestream.yml",
+            gunicorn_config=root / "gunicorn.conf.py",
+            litestream_socket=Path(socket_path),
+            restore_timeout=_seconds(environ, "RESTORE_TIMEOUT", 300, 1, 3600),
+            ready_timeout=_seconds(environ, "LITESTREAM_READY_TIMEOUT", 30, 1, 3600),
+            lease_ttl=_seconds(environ, "WRITER_LEASE_TTL", 30, 3, 600),
+            runtime_dir=Path(environ.get("TMPDIR") or "/tmp"),
+        )
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g}, not {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BootReport:
+    """What the boot did with the local database; the worker exposes it as metrics."""
+
+    outcome: Standing
+    set_aside: str = ""
+    rows_set_aside: int = 0
+    rows_reapplied: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "outcome": str(self.outcome),
+                "set_aside": self.set_aside,
+                "rows_set_aside": self.rows_set_aside,
+                "rows_reapplied": self.rows_reapplied,
+            }
+        )
+
+
+def _die_with_this_process() -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when this process dies, however it dies."""
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _spawn(
+    argv: list[str],
+    env: Mapping[str, str],
+    *,
+    capture: bool = False,
+    cwd: Path | None = None,
+) -> "subprocess.Popen[bytes]":
+    """A child in a process group of its own that dies with this process.
+
+    Own group: a terminal's Ctrl-C reaches this process only, which passes on one signal. Children
+    are started before the lease keeper's thread, so ``preexec_fn`` runs in a single-threaded process.
+    """
+    return subprocess.Popen(
+        argv,
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+        start_new_session=True,
+        preexec_fn=_die_with_this_process(),
+    )
+
+
+def _stop_process(process: "subprocess.Popen[bytes]", sig: int, timeout: float) -> int:
+    """Send ``sig`` to the process, wait up to ``timeout``, then SIGKILL its group; its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(sig)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.error("did not stop in time; killing it", extra={"pid": process.pid, "seconds": timeout})
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
+
+
+def _describe_exit(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the writer lease every third of its lifetime; notes when another writer has taken it."""
+
+    def __init__(self, lease: WriterLease, interval: float) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self.lease = lease
+        self.interval = interval
+        self.lost: str | None = None
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        unreachable_since: float | None = None
+        while not self._stopping.wait(self.interval):
+            try:
+                self.lease.renew()
+            except LeaseLost as exc:
+                self.lost = str(exc)
+                return
+            except ReplicaUnavailable as exc:
+                if unreachable_since is None:
+                    unreachable_since = time.monotonic()
+                    # Nobody can take the lease through a store that cannot be reached; keep serving.
+                    log.warning("could not renew the writer lease; still serving", extra={"reason": str(exc)})
+                continue
+            if unreachable_since is not None:
+                log.info(
+                    "writer lease renewed again",
+                    extra={"unreachable_seconds": round(time.monotonic() - unreachable_since, 1)},
+                )
+                unreachable_since = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+@dataclass
+class Supervisor:
+    config: Config
+    settings: StackSettings
+    environ: dict[str, str]
+    holder: Holder = field(init=False)
+    stop_signals: int = 0
+
+    def __post_init__(self) -> None:
+        self.holder = Holder.me(self.settings.database, self.environ)
+        self.fence_file = self.settings.runtime_dir / f"hello-birthday-fence.{os.getpid()}"
+
+    # --- Signals -----------------------------------------------------------------------------------
+
+    def _on_stop_while_booting(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_signals += 1
+        raise StopRequested(signal.Signals(signum).name)
+
+    def _on_stop_while_serving(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_signals += 1
+        if self.stop_signals > 1:
+            log.warning(
+                "already stopping; this signal is ignored so that the final sync can finish",
+                extra={"signal": signal.Signals(signum).name},
+            )
+
+    # --- The whole run -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_stop_while_booting)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        volume = volume_lock(self.settings.database, self.holder)
+        try:
+            return self._run_locked(volume)
+        finally:
+            volume.release()
+            with contextlib.suppress(FileNotFoundError):
+                self.fence_file.unlink()
+
+    def _run_locked(self, volume: FileLock) -> int:
+        lease: WriterLease | None = None
+        children: list[subprocess.Popen[bytes]] = []
+        try:
+            volume.acquire()
+            replica = open_replica(self.settings.replica_url, self.environ)
+            lease = writer_lease(replica, self.holder, self.settings.lease_ttl)
+            taken = self._within_restore_timeout("taking the writer lease", lease.acquire)
+            log.info(f"writer lease on {self.settings.replica_url} {taken}")
+            placement = self._prepare_database(replica)
+            migrate(self.settings.database)
+            litestream = self._start_litestream()
+            children.append(litestream)
+            self._wait_for_first_sync(litestream)
+            report = self._reapply_set_aside_rows(placement)
+            gunicorn = self._start_gunicorn(litestream.pid, report)
+            children.append(gunicorn)
+        except StopRequested as stop:
+            log.warning(f"{stop} during start-up: stopping before serving")
+            self._abandon(children, lease)
+            return 1
+        except (BootError, LeaseHeld, ReplicaUnavailable, ConfigError, SchemaTooNew) as exc:
+            log.error(f"not starting: {exc}")
+            self._abandon(children, lease)
+            return 1
+        return self._serve(litestream, gunicorn, lease)
+
+    def _abandon(
+        self, children: list["subprocess.Popen[bytes]"], lease: WriterLease | FileLock | None
+    ) -> None:
+        for child in reversed(children):
+            _stop_process(child, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
+        if lease is not None:
+            release_quietly(lease)
+
+    def _within_restore_timeout(self, what: str, action: Callable[[], T]) -> T:
+        """Retry ``action`` while the replica cannot be reached, up to RESTORE_TIMEOUT."""
+        deadline = time.monotonic() + self.settings.restore_timeout
+        while True:
+            try:
+                return action()
+            except ReplicaUnavailable as exc:
+                if not exc.transient or time.monotonic() >= deadline:
+                    if exc.transient:
+                        raise BootError(
+                            f"{what}: REPLICA_URL ({self.settings.replica_url}) did not answer within "
+                            f"{self.settings.restore_timeout:g} s (RESTORE_TIMEOUT): {exc}. Not serving "
+                            "without knowing where the local database stands."
+                        ) from None
+                    raise BootError(
+                        f"{what}: REPLICA_URL ({self.settings.replica_url}) refused: {exc}"
+                    ) from None
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    # --- 3. The local database against the replica -------------------------------------------------
+
+    def _prepare_database(self, replica: FileReplica | S3Replica) -> Placement:
+        database = self.settings.database
+        database.parent.mkdir(parents=True, exist_ok=True)
+        # An empty file is what an interrupted first start leaves; it counts as missing.
+        if database.is_file() and database.stat().st_size == 0:
+            wal = database.with_name(database.name + "-wal")
+            if wal.is_file() and wal.stat().st_size > 0:
+                raise BootError(
+                    f"{database} is empty but its -wal file is not: look at it by hand before starting"
+                )
+            log.info(f"{database} is empty: treating it as missing")
+            database.unlink()
+        if not database.exists():
+            return Placement(self._restore(), "no local database")
+        placement = self._within_restore_timeout("reading the replica", lambda: place(database, replica))
+        figures = {"local_txid": placement.local_txid, "replica_txid": placement.replica_txid}
+        if placement.standing is Standing.KEPT:
+            log.info(f"keeping {database}: {placement.reason}", extra=figures)
+            return placement
+        aside = set_aside(database)
+        self._pending_marker().write_text(str(aside))
+        log.warning(
+            f"{database} is {placement.standing} the replica ({placement.reason}): set aside as {aside}; "
+            "restoring the replica's latest",
+            extra={**figures, "outcome": str(placement.standing), "set_aside": str(aside)},
+        )
+        if self._restore() is not Standing.RESTORED:
+            raise BootError(f"the replica {self.settings.replica_url} had nothing to restore after all")
+        return placement
+
+    def _pending_marker(self) -> Path:
+        """Names the set-aside file whose newer rows are still to be re-applied (survives a crash)."""
+        database = self.settings.database
+        return database.with_name(f".{database.name}.reapply-pending")
+
+    def _pending_reapply(self) -> Path | None:
+        marker = self._pending_marker()
+        if not marker.exists():
+            return None
+        return Path(marker.read_text().strip())
+
+    def _restore(self) -> Standing:
+        """Restore the replica's latest into the missing database; RESTORED, or NEW with no backup yet."""
+        database = self.settings.database
+        # Leftovers of another database must not be applied to the restored one. The volume lock
+        # guarantees that no other restore is writing them.
+        for leftover in ("-wal", "-shm", ".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                database.with_name(database.name + leftover).unlink()
+        shutil.rmtree(state_dir(database), ignore_errors=True)
+        log.info(f"no usable database at {database}: restoring from {self.settings.replica_url}")
+        began = time.monotonic()
+        restore = _spawn(
+            [
+                "litestream", "restore", "-config", str(self.settings.litestream_config),
+                "-if-replica-exists", "-integrity-check", "quick", str(database),
+            ],
+            self.environ,
+            capture=True,
+        )  # fmt: skip
+        try:
+            output, _ = restore.communicate(timeout=self.settings.restore_timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_restore(restore)
+            raise BootError(
+                f"restore from REPLICA_URL ({self.settings.replica_url}) did not finish within "
+                f"{self.settings.restore_timeout:g} s (RESTORE_TIMEOUT): the replica may be unreachable. "
+                "Not starting with an empty database."
+            ) from None
+        except BaseException:
+            self._kill_restore(restore)
+            raise
+        text = output.decode(errors="replace").strip()
+        if text:
+            sys.stderr.write(text + "\n")
+        if restore.returncode != 0:
+            self._remove_partial_restore()
+            last = text.splitlines()[-1] if text else "no output"
+            raise BootError(
+                f"restore from REPLICA_URL ({self.settings.replica_url}) failed "
+                f"({_describe_exit(restore.returncode)}): {last}. Not starting with an empty database "
+                "over a replica that may hold the data."
+            )
+        if not database.exists():
+            log.info("no backup in the replica yet: starting a new database")
+            return Standing.NEW
+        log.info(f"restored {database} in {round((time.monotonic() - began) * 1000)} ms")
+        return Standing.RESTORED
+
+    def _kill_restore(self, restore: "subprocess.Popen[bytes]") -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(restore.pid, signal.SIGKILL)
+        restore.wait()
+        self._remove_partial_restore()
+
+    def _remove_partial_restore(self) -> None:
+        database = self.settings.database
+        for suffix in ("", ".tmp", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                database.with_name(database.name + suffix).unlink()
+
+    # --- 5. Litestream ------------------------------------------------------------------------------
+
+    def _start_litestream(self) -> "subprocess.Popen[bytes]":
+        log.info("starting Litestream; gunicorn starts after its first sync")
+        return _spawn(
+            ["litestream", "replicate", "-config", str(self.settings.litestream_config)], self.environ
+        )
+
+    def _wait_for_first_sync(self, litestream: "subprocess.Popen[bytes]") -> None:
+        """Litestream replicates a database only from its first sync on: no write is taken before."""
+        deadline = time.monotonic() + self.settings.ready_timeout
+        while not self._litestream_synced():
+            if litestream.poll() is not None:
+                raise BootError(
+                    f"Litestream exited ({_describe_exit(litestream.returncode)}) before its first sync"
+                )
+            if time.monotonic() >= deadline:
+                raise BootError(
+                    f"Litestream did not sync {self.settings.database} to REPLICA_URL within "
+                    f"{self.settings.ready_timeout:g} s (LITESTREAM_READY_TIMEOUT): is the replica "
+                    "reachable? Not serving writes that would not be replicated."
+                )
+            time.sleep(_POLL_SECONDS)
+
+    def _litestream_synced(self) -> bool:
+        try:
+            answer = subprocess.run(
+                [
+                    "litestream",
+                    "list",
+                    "-json",
+                    "-socket",
+                    str(self.settings.litestream_socket),
+                    "-timeout",
+                    "2",
+                ],
+                env=self.environ,
+                capture_output=True,
+                timeout=5,
+                check=False,
+            )
+            databases = json.loads(answer.stdout).get("databases") or []
+        except (subprocess.TimeoutExpired, ValueError, AttributeError):
+            return False
+        return any(
+            entry.get("path") == str(self.settings.database) and entry.get("last_sync_at")
+            for entry in databases
+        )
+
+    # --- 6. Re-applying set-aside rows ---------------------------------------------------------------
+
+    def _reapply_set_aside_rows(self, placement: Placement) -> BootReport:
+        aside = self._pending_reapply()
+        if aside is None:
+            return BootReport(placement.standing)
+        read, written = reapply_newer_rows(self.settings.database, aside)
+        self._pending_marker().unlink()
+        log.warning(
+            f"re-applied {written} of the {read} rows of {aside} that were newer than the replica's "
+            "(newest updated_at wins); the file stays for inspection",
+            extra={"rows_set_aside": read, "rows_reapplied": written, "set_aside": str(aside)},
+        )
+        return BootReport(placement.standing, str(aside), read, written)
+
+    # --- 7. gunicorn, and serving ------------------------------------------------------------------
+
+    def _start_gunicorn(self, litestream_pid: int, report: BootReport) -> "subprocess.Popen[bytes]":
+        env = {
+            **self.environ,
+            "LITESTREAM_PID": str(litestream_pid),
+            "WRITER_FENCE_FILE": str(self.fence_file),
+            "BOOT_REPORT": report.to_json(),
+        }
+        log.info("Litestream follows the database; starting gunicorn")
+        return _spawn(
+            ["gunicorn", "-c", str(self.settings.gunicorn_config)],
+            env,
+            cwd=self.settings.gunicorn_config.parent,
+        )
+
+    def _serve(
+        self, litestream: "subprocess.Popen[bytes]", gunicorn: "subprocess.Popen[bytes]", lease: WriterLease
+    ) -> int:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_stop_while_serving)
+        signal.signal(signal.SIGHUP, lambda signum, frame: gunicorn.send_signal(signal.SIGHUP))
+        keeper = LeaseKeeper(lease, self.settings.lease_ttl / 3)
+        keeper.start()
+        fenced = False
+        try:
+            while True:
+                if self.stop_signals:
+                    return self._stop(litestream, gunicorn, lease, fenced)
+                if gunicorn.poll() is not None:
+                    log.error(
+                        f"gunicorn exited ({_describe_exit(gunicorn.returncode)}); stopping Litestream "
+                        "after its final sync"
+                    )
+                    _stop_process(litestream, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
+                    if not fenced:
+                        release_quietly(lease)
+                    return 1
+                if keeper.lost is not None and not fenced:
+                    fenced = True
+                    self._fence(litestream, keeper.lost)
+                elif litestream.poll() is not None and not fenced:
+                    log.error(
+                        f"Litestream exited ({_describe_exit(litestream.returncode)}): writes are refused "
+                        "from now on; stopping gunicorn and exiting so that the platform restarts the stack"
+                    )
+                    _stop_process(gunicorn, signal.SIGTERM, self.config.shutdown_timeout + 10)
+                    release_quietly(lease)
+                    return 1
+                time.sleep(_POLL_SECONDS)
+        finally:
+            keeper.stop()
+
+    def _fence(self, litestream: "subprocess.Popen[bytes]", reason: str) -> None:
+        # The worker reads the reason when it sees Litestream go; SIGKILL skips the final sync, which
+        # would otherwise upload this machine's writes over the other writer's history.
+        self.fence_file.write_text(reason)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(litestream.pid, signal.SIGKILL)
+        litestream.wait()
+        log.error(
+            f"{reason}: this stack stopped replicating and refuses writes (503) until it is stopped. "
+            "Its writes since the other writer took over stay on this volume; the next start sets the "
+            "database aside and re-applies its newer rows"
+        )
+
+    def _stop(
+        self,
+        litestream: "subprocess.Popen[bytes]",
+        gunicorn: "subprocess.Popen[bytes]",
+        lease: WriterLease,
+        fenced: bool,
+    ) -> int:
+        log.info("stopping: gunicorn finishes the requests in flight, then Litestream makes its final sync")
+        began = time.monotonic()
+        served = _stop_process(gunicorn, signal.SIGTERM, self.config.shutdown_timeout + 10)
+        if fenced:
+            return 1
+        synced = _stop_process(litestream, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
+        problem = release_quietly(lease)
+        if problem:
+            log.warning("could not release the writer lease; it lapses by itself", extra={"reason": problem})
+        log.info(
+            "stopped",
+            extra={"seconds": round(time.monotonic() - began, 3), "gunicorn": served, "litestream": synced},
+        )
+        return 0 if served == 0 and synced == 0 else 1
+
+
+def main(root: Path) -> int:
+    try:
+        config = Config.from_env()
+        settings = StackSettings.from_env(os.environ, root)
+    except ConfigError as exc:
+        sys.stderr.write(f"start.sh: error: {exc}\n")
+        return 1
+    configure_logging(config.logging_level)
+    # A handful of lines per start and stop, each one an operator wants to see whatever LOG_LEVEL says.
+    log.setLevel(min(config.logging_level, logging.INFO))
+    return Supervisor(config, settings, dict(os.environ)).run()
