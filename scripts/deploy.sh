@@ -5,10 +5,13 @@
 #
 # 1. Preflight: `make test` (unless --skip-tests, for CI where the test job already ran), `fly config
 #    validate`, and the secrets the service cannot start without (REPLICA_URL, AWS_ACCESS_KEY_ID,
-#    AWS_SECRET_ACCESS_KEY) present in `fly secrets list`. Any failure stops before deploying.
+#    AWS_SECRET_ACCESS_KEY) present in `fly secrets list`, and at most one Machine that is not
+#    destroyed in `fly machine list` (one SQLite writer per replica path; a stopped Machine counts).
+#    Any failure stops before deploying.
 # 2. Remember the image now running (the newest complete release in `fly releases --json`).
-# 3. `fly deploy --strategy rolling`: the Machine stops, starts on the new image with the same volume,
-#    and flyctl waits for the /readyz service check.
+# 3. `fly deploy --strategy rolling --ha=false`: the Machine stops, starts on the new image with the
+#    same volume, and flyctl waits for the /readyz service check. --ha=false: a first deploy creates
+#    one Machine, never a second "for availability".
 # 4. Smoke check through the public URL: /readyz answers 200, and a PUT then GET of /hello/<user>
 #    round-trips.
 # 5. If the deploy or the smoke check fails: `fly deploy --image <previous>`, check /readyz again,
@@ -33,7 +36,8 @@ attempts="${SMOKE_ATTEMPTS:-30}"
 interval="${SMOKE_INTERVAL:-5}"
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    # The comment at the top of this file, up to its first line that is not a comment.
+    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
 }
 
 log() {
@@ -56,71 +60,23 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
+# Reads fly.toml and flyctl's JSON, and decides on it: scripts/fly_checks.py says how.
+fly_checks() {
+    python3 scripts/fly_checks.py "$@"
+}
+
 [[ -f "$config" ]] || die "no $config here"
 if [[ -z "$app" ]]; then
-    app="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["app"])' "$config")"
+    app="$(fly_checks app-name "$config")" || die "cannot read the app's name from $config: give --app"
 fi
 url="${url:-https://$app.fly.dev}"
 url="${url%/}"
 fly_app=(--app "$app" --config "$config")
 
-# Prints the image of the newest release that finished, from `fly releases --json` on stdin.
-# flyctl prints fly-go's Release struct (Version, Status, ImageRef); keys are compared without case
-# or underscores, so that image_ref would do too.
-current_image() {
-    python3 -c '
-import json, sys
-releases = [{k.lower().replace("_", ""): v for k, v in r.items()} for r in json.load(sys.stdin) or []]
-done = [r for r in releases if str(r.get("status")).lower() in ("complete", "succeeded") and r.get("imageref")]
-done.sort(key=lambda r: int(r.get("version") or 0), reverse=True)
-print(done[0]["imageref"] if done else "")
-'
-}
-
 # Succeeds when /readyz answers 200 within the attempts, then when a PUT and a GET of the smoke user
-# round-trip. Uses Python's urllib, so that nothing beyond python3 is needed.
+# round-trip (scripts/smoke_check.py).
 smoke_check() {
-    python3 - "$1" "$SMOKE_USER" "$attempts" "$interval" <<'PY'
-import json
-import sys
-import time
-import urllib.error
-import urllib.request
-
-base, user, attempts, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-
-
-def call(method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(base + path, data=body, method=method)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError as exc:
-        return 0, str(exc).encode()
-
-
-for attempt in range(1, attempts + 1):
-    status, _ = call("GET", "/readyz")
-    if status == 200:
-        break
-    print(f"smoke: /readyz answered {status or 'nothing'} (attempt {attempt} of {attempts})", file=sys.stderr)
-    if attempt < attempts:
-        time.sleep(interval)
-else:
-    sys.exit("smoke: /readyz never answered 200")
-
-status, body = call("PUT", f"/hello/{user}", json.dumps({"dateOfBirth": "2000-02-29"}).encode())
-if status != 204:
-    sys.exit(f"smoke: PUT /hello/{user} answered {status}: {body[:200]!r}")
-status, body = call("GET", f"/hello/{user}")
-if status != 200 or user not in json.loads(body or b"{}").get("message", ""):
-    sys.exit(f"smoke: GET /hello/{user} answered {status}: {body[:200]!r}")
-print(f"smoke: {base} is ready and round-trips PUT/GET /hello/{user}", file=sys.stderr)
-PY
+    python3 scripts/smoke_check.py "$1" "$SMOKE_USER" "$attempts" "$interval"
 }
 
 roll_back() {
@@ -129,7 +85,7 @@ roll_back() {
         die "$reason, and there is no earlier image to roll back to: investigate with '$fly logs --app $app'"
     fi
     log "$reason: rolling back to $previous"
-    if ! "$fly" deploy "${fly_app[@]}" --image "$previous" --strategy rolling; then
+    if ! "$fly" deploy "${fly_app[@]}" --image "$previous" --strategy rolling --ha=false; then
         die "ROLL BACK FAILED: run '$fly deploy --app $app --image $previous' by hand"
     fi
     if smoke_check "$url"; then
@@ -151,25 +107,34 @@ log "preflight: $fly config validate"
 "$fly" config validate "${fly_app[@]}" >&2 || die "$config is not valid: not deploying"
 
 secrets_json="$("$fly" secrets list "${fly_app[@]}" --json)" || die "cannot list the secrets of $app"
-missing="$(python3 -c '
-import json, sys
-names = {s.get("Name", s.get("name")) for s in json.loads(sys.argv[1] or "[]")}
-print(" ".join(n for n in sys.argv[2:] if n not in names))
-' "$secrets_json" "${REQUIRED_SECRETS[@]}")"
+missing="$(fly_checks missing-secrets "${REQUIRED_SECRETS[@]}" <<<"$secrets_json")" \
+    || die "cannot read the secrets of $app: not deploying"
 if [[ -n "$missing" ]]; then
     die "secrets missing on $app: $missing (fly secrets set --stage NAME=...; see docs/runbook.md): not deploying"
 fi
 
+# One writer per replica path: two Machines, each on its own volume, would both replicate to it.
+log "preflight: $fly machine list"
+machines_json="$("$fly" machine list "${fly_app[@]}" --json)" || die "cannot list the machines of $app: not deploying"
+verdict="$(fly_checks one-machine "$app" <<<"$machines_json")" && status=0 || status=$?
+if [[ $status -eq 1 ]]; then
+    die "$verdict"
+elif [[ $status -ne 0 ]]; then
+    die "cannot read the machines of $app: not deploying"
+fi
+log "$verdict"
+
 # 2. The image to roll back to.
-previous="$("$fly" releases "${fly_app[@]}" --json | current_image)" || die "cannot list the releases of $app"
+releases_json="$("$fly" releases "${fly_app[@]}" --json)" || die "cannot list the releases of $app"
+previous="$(fly_checks current-image <<<"$releases_json")" || die "cannot read the releases of $app"
 log "running now: ${previous:-nothing (first deploy)}"
 
 # 3. Deploy.
 log "deploying $app (rolling)"
-if ! "$fly" deploy "${fly_app[@]}" --strategy rolling --remote-only; then
+if ! "$fly" deploy "${fly_app[@]}" --strategy rolling --ha=false --remote-only; then
     roll_back "$previous" "fly deploy failed"
 fi
-deployed="$("$fly" releases "${fly_app[@]}" --json | current_image || true)"
+deployed="$("$fly" releases "${fly_app[@]}" --json | fly_checks current-image || true)"
 log "deployed: ${deployed:-unknown image}"
 
 # 4. Smoke check; 5. roll back when it fails.

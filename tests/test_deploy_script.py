@@ -1,8 +1,9 @@
 """scripts/deploy.sh: preflight, rolling deploy, smoke check, automatic roll back.
 
 flyctl cannot reach Fly.io from here, so a stand-in ``fly`` goes first on PATH: a small Python script
-that records every call and answers ``secrets list``, ``releases`` and ``deploy`` the way flyctl does
-(the same JSON fields). The smoke target is real: an HTTP server on 127.0.0.1 that serves the image
+that records every call and answers ``secrets list``, ``releases``, ``machine list`` and ``deploy`` the
+way flyctl does (the same JSON fields; ``machine list --json`` prints fly-go's ``Machine``, see
+``fly_machine`` below). The smoke target is real: an HTTP server on 127.0.0.1 that serves the image
 the stand-in last "deployed", answering like the service when that image is good and with 503 on
 /readyz when it is the bad one. So the script's real HTTP checks decide whether it rolls back.
 """
@@ -26,7 +27,8 @@ OLD_IMAGE = "registry.fly.io/hello-birthday-test:deployment-01OLD"
 NEW_IMAGE = "registry.fly.io/hello-birthday-test:deployment-02NEW"
 
 # The stand-in flyctl. State lives in files beside it: calls.jsonl (one JSON argv per call) and
-# image (what is "running"). `deploy --image X` runs X; a plain `deploy` runs NEW_IMAGE.
+# image (what is "running"). `deploy --image X` runs X; a plain `deploy` runs NEW_IMAGE. `machine list`
+# prints FAKE_FLY_MACHINES (a JSON array) or fails when that is "fail".
 FAKE_FLY = """#!{python}
 import json, os, sys
 from pathlib import Path
@@ -50,6 +52,11 @@ elif args[:1] == ["releases"]:
             image = call[call.index("--image") + 1] if "--image" in call else "{new}"
             releases.append({{"Version": version, "Status": "complete", "ImageRef": image}})
     print(json.dumps(sorted(releases, key=lambda r: -r["Version"])))
+elif args[:2] == ["machine", "list"] and "--json" in args:
+    machines = os.environ["FAKE_FLY_MACHINES"]
+    if machines == "fail":
+        sys.exit("Error: failed to list VMs: the API did not answer")
+    print(machines)
 elif args[:1] == ["deploy"]:
     if os.environ.get("FAKE_FLY_DEPLOY_FAILS") and "--image" not in args:
         sys.exit("Error: timeout reached waiting for health checks to pass")
@@ -62,6 +69,41 @@ FAKE_MAKE = """#!/bin/sh
 echo "$@" >> "$(dirname "$0")/make-calls"
 exit "${FAKE_MAKE_EXIT:-0}"
 """
+
+
+def fly_machine(
+    machine_id: str, region: str = "ams", state: str = "started", volume: str = ""
+) -> dict[str, object]:
+    """One entry of ``fly machine list --json``: fly-go's Machine as flyctl prints it (abridged)."""
+    return {
+        "id": machine_id,
+        "name": f"name-of-{machine_id}",
+        "state": state,
+        "region": region,
+        "image_ref": {
+            "registry": "registry.fly.io",
+            "repository": "hello-birthday-test",
+            "tag": "deployment-01OLD",
+        },
+        "instance_id": "01JTESTINSTANCE",
+        "private_ip": "fdaa:0:1:a7b:1::2",
+        "created_at": "2026-11-20T10:00:00Z",
+        "updated_at": "2026-11-22T10:00:00Z",
+        "config": {
+            "image": OLD_IMAGE,
+            "metadata": {
+                "fly_platform_version": "v2",
+                "fly_process_group": "app",
+                "fly_release_version": "1",
+            },
+            "mounts": [{"volume": volume or f"vol_{machine_id}", "path": "/data", "name": "hello_data"}],
+        },
+        "host_status": "ok",
+        "cordoned": False,
+    }
+
+
+ONE_MACHINE = json.dumps([fly_machine("e784079b449483")])
 
 
 @dataclass
@@ -86,12 +128,17 @@ class Stage:
         return [call for call in self.calls() if call[:1] == ["deploy"]]
 
     def run(
-        self, *args: str, secrets: str = "REPLICA_URL,AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY", **env: str
+        self,
+        *args: str,
+        secrets: str = "REPLICA_URL,AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY",
+        machines: str = ONE_MACHINE,
+        **env: str,
     ) -> subprocess.CompletedProcess[str]:
         environ = {
             **os.environ,
             "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
             "FAKE_FLY_SECRETS": secrets,
+            "FAKE_FLY_MACHINES": machines,
             "MAKE": str(self.bin / "make"),
             "SMOKE_ATTEMPTS": "3",
             "SMOKE_INTERVAL": "0.1",
@@ -182,6 +229,8 @@ def test_happy_path_deploys_once_and_keeps_the_new_image(stage: Stage) -> None:
     commands = [call[:2] for call in stage.calls()]
     assert commands.index(["config", "validate"]) < commands.index(["deploy", "--app"])
     assert commands.index(["secrets", "list"]) < commands.index(["deploy", "--app"])
+    assert commands.index(["machine", "list"]) < commands.index(["deploy", "--app"])
+    assert "has one machine: e784079b449483 in ams: started, vol_e784079b449483" in result.stderr
 
 
 def test_failing_smoke_check_rolls_back_to_the_previous_image_and_fails(stage: Stage) -> None:
@@ -231,3 +280,65 @@ def test_tests_run_by_default_before_a_deploy(stage: Stage) -> None:
     assert result.returncode == 0, result.stderr
     assert (stage.bin / "make-calls").read_text().split() == ["test"]
     assert len(stage.deploys()) == 1
+
+
+def test_two_machines_are_refused_before_any_deploy_and_both_are_named(stage: Stage) -> None:
+    stage.new_image_is_good[0] = True
+    machines = [fly_machine("e784079b449483", "ams"), fly_machine("148ed193b95e89", "fra", "stopped")]
+    result = stage.run("--skip-tests", machines=json.dumps(machines))
+
+    assert result.returncode != 0
+    assert stage.deploys() == []
+    assert stage.running_image() == OLD_IMAGE
+    assert "has 2 machines that are not destroyed" in result.stderr
+    assert "e784079b449483 in ams: started, vol_e784079b449483" in result.stderr
+    assert "148ed193b95e89 in fra: stopped, vol_148ed193b95e89" in result.stderr
+    assert "fly machine destroy ID --app hello-birthday-test" in result.stderr
+    assert "fly scale count 1 --app hello-birthday-test" in result.stderr
+    assert "Not deploying" in result.stderr
+
+
+def test_a_destroyed_machine_is_not_counted(stage: Stage) -> None:
+    stage.new_image_is_good[0] = True
+    machines = [fly_machine("e784079b449483"), fly_machine("148ed193b95e89", "fra", "destroyed")]
+    result = stage.run("--skip-tests", machines=json.dumps(machines))
+
+    assert result.returncode == 0, result.stderr
+    assert "has one machine (1 destroyed, not counted)" in result.stderr
+    assert len(stage.deploys()) == 1
+    assert stage.running_image() == NEW_IMAGE
+
+
+def test_no_machine_yet_is_a_first_deploy(stage: Stage) -> None:
+    stage.new_image_is_good[0] = True
+    result = stage.run("--skip-tests", machines="[]")
+
+    assert result.returncode == 0, result.stderr
+    assert "has no machine yet" in result.stderr
+    assert len(stage.deploys()) == 1
+
+
+def test_a_machine_list_that_fails_stops_before_deploying(stage: Stage) -> None:
+    result = stage.run("--skip-tests", machines="fail")
+
+    assert result.returncode != 0
+    assert "cannot list the machines of hello-birthday-test" in result.stderr
+    assert stage.deploys() == []
+
+
+def test_a_machine_list_that_is_not_json_stops_before_deploying(stage: Stage) -> None:
+    result = stage.run("--skip-tests", machines="No machines are available on this app hello-birthday-test")
+
+    assert result.returncode != 0
+    assert "cannot read the machines of hello-birthday-test" in result.stderr
+    assert stage.deploys() == []
+
+
+def test_every_fly_deploy_asks_for_one_machine_only(stage: Stage) -> None:
+    # The bad new image makes a deploy and a roll back: both are `fly deploy` calls.
+    result = stage.run("--skip-tests")
+
+    assert result.returncode != 0
+    deploys = stage.deploys()
+    assert len(deploys) == 2
+    assert all("--ha=false" in deploy for deploy in deploys), deploys
