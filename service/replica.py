@@ -1,11 +1,13 @@
 """The replica as the boot checks and the writer lease see it: its LTX files and one small object.
 
-Litestream 0.5 keeps a replica as LTX files under ``<path>/ltx/<level>/<minTXID>-<maxTXID>.ltx``
-(16 hex digits each). Level 0 holds the files exactly as the writing machine cut them, so a level-0
-file in the replica and the same-named file in the local state folder (``.<db>-litestream/ltx/0``)
-are byte for byte the same file when they come from the same history. Their trailer ends with a
-CRC-64 of the whole file: that is the fingerprint compared here (Litestream 0.5 writes LTX files
-without the rolling database checksums, so those are zero and say nothing).
+Litestream 0.5 keeps a replica as LTX files named ``<minTXID>-<maxTXID>.ltx`` (16 hex digits each),
+one folder per compaction level: ``<path>/ltx/<level>/`` in a ``file://`` replica, ``<path>/<level as
+4 hex digits>/`` in S3 (``s3/replica_client.go``). Level 0 holds the files exactly as the writing
+machine cut them, so a level-0 file in the replica and the same-named file in the local state
+folder (``.<db>-litestream/ltx/0``) are byte for byte the same file when they come from the same
+history. Their trailer ends with a CRC-64 of the whole file: that is the fingerprint compared here
+(Litestream 0.5 writes LTX files without the rolling database checksums, so those are zero and say
+nothing).
 
 Two kinds of replica, as ``REPLICA_URL`` names them: ``s3://bucket/path?endpoint=...&region=...``
 (S3, Tigris, any S3-compatible store; conditional writes make the lease) and ``file:///abs/path``
@@ -20,6 +22,8 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 LTX_NAME = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx")
+_S3_LEVEL0 = "0000"
+_S3_LTX_KEY = re.compile(r"[0-9a-f]{4}/[0-9a-f]{16}-[0-9a-f]{16}\.ltx")
 # The trailer's last 8 bytes: CRC-64 of the file (github.com/superfly/ltx, TrailerSize = 16).
 FILE_CHECKSUM_BYTES = 8
 
@@ -158,26 +162,27 @@ class S3Replica:
         )
 
     def key(self, name: str) -> str:
-        return f"{self.location.prefix}/{name}" if self.location.prefix else name
+        """The object key of ``name`` in the replica's path (Litestream joins them with one slash)."""
+        return f"{self.location.prefix}/{name}"
 
     def level0(self) -> list[LtxFile]:
         found: list[LtxFile] = []
-        for item in self._list(self.key("ltx/0/")):
+        for item in self._list(self.key(f"{_S3_LEVEL0}/")):
             ltx = LtxFile.parse(item["Key"].rsplit("/", 1)[-1], int(item["Size"]))
             if ltx is not None:
                 found.append(ltx)
         return sorted(found)
 
     def has_any_ltx(self) -> bool:
-        page = self._call("list_objects_v2", Bucket=self.location.bucket, Prefix=self.key("ltx/"), MaxKeys=1)
-        return bool(page.get("Contents"))
+        prefix = self.key("")
+        return any(_S3_LTX_KEY.fullmatch(item["Key"][len(prefix) :]) for item in self._list(prefix))
 
     def file_checksum(self, ltx: LtxFile) -> bytes:
         first = ltx.size - FILE_CHECKSUM_BYTES
         answer = self._call(
             "get_object",
             Bucket=self.location.bucket,
-            Key=self.key(f"ltx/0/{ltx.name}"),
+            Key=self.key(f"{_S3_LEVEL0}/{ltx.name}"),
             Range=f"bytes={first}-{ltx.size - 1}",
         )
         body: bytes = answer["Body"].read()

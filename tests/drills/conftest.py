@@ -18,6 +18,7 @@ Helpers: ``WriteLoad`` (bounded concurrent PUTs that record what was acknowledge
 ``put_birthday``, ``restore_replica``, ``usernames`` (what a database file holds), ``record_figures``.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -83,6 +84,9 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
     raise TimeoutError(f"{what} within {timeout} s")
 
 
+_THROTTLED_CHUNK = 4096
+
+
 class _Relay:
     """A TCP relay from a fixed loopback port to moto; closing it is an outage that keeps moto's data."""
 
@@ -92,6 +96,8 @@ class _Relay:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
+        # Seconds to wait after relaying each chunk of at most _THROTTLED_CHUNK bytes; 0 is full speed.
+        self.pause_per_chunk = 0.0
 
     def open(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -138,8 +144,10 @@ class _Relay:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             source.settimeout(None)
-            while chunk := source.recv(65536):
+            while chunk := source.recv(_THROTTLED_CHUNK if self.pause_per_chunk else 65536):
                 sink.sendall(chunk)
+                if self.pause_per_chunk:
+                    time.sleep(self.pause_per_chunk)
         except OSError:
             pass
         finally:
@@ -161,6 +169,8 @@ class S3Client(Protocol):
     def list_objects_v2(self, **kwargs: Any) -> dict[str, Any]: ...
     def create_bucket(self, **kwargs: Any) -> dict[str, Any]: ...
     def delete_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def put_object(self, **kwargs: Any) -> dict[str, Any]: ...
+    def get_object(self, **kwargs: Any) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -192,6 +202,15 @@ class S3Server:
         """The store is reachable again on the same port, with the data it had."""
         if not self.relay.is_open:
             self.relay.open()
+
+    @contextlib.contextmanager
+    def throttled(self, bytes_per_second: int) -> Iterator[None]:
+        """The store answers slowly (each direction of each connection) for the ``with`` block."""
+        self.relay.pause_per_chunk = _THROTTLED_CHUNK / bytes_per_second
+        try:
+            yield
+        finally:
+            self.relay.pause_per_chunk = 0.0
 
     def client(self) -> S3Client:
         client: S3Client = boto3.client(
@@ -388,6 +407,43 @@ def put_birthday(
         return exc.code
     except OSError:
         return 0
+
+
+def get_birthday(base_url: str, username: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET /hello/<username>: the status and the body (0 and "" when nothing answered)."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/hello/{username}", timeout=timeout) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of the running processes that contain ``text`` (a data folder, a socket...)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command and str(os.getpid()) != entry.name:
+            found.append(f"{entry.name}: {command.strip()}")
+    return found
+
+
+def birthdays(database: Path) -> dict[str, str]:
+    """username -> date_of_birth for every row of a database file."""
+    import pysqlite3.dbapi2 as sqlite
+
+    connection = sqlite.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return dict(connection.execute("SELECT username, date_of_birth FROM users"))
+    finally:
+        connection.close()
 
 
 def restore_replica(replica_url: str, output: Path, *extra: str, timeout: float = 120.0) -> float:

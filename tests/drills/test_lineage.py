@@ -1,0 +1,171 @@
+"""Drill 8: an old volume or a lost machine's volume comes back; no acknowledged write rolls back.
+
+- Old volume: a copy of the data folder (what a Fly volume snapshot is) put back after the service
+  took more writes. Litestream alone would make the old database the replica's newest state.
+- Diverged volume: machine A is killed under load with writes the replica never got; machine B
+  restores from the replica and takes writes (some to A's users); then A's volume comes back. Litestream
+  alone would upload A's history on top of B's.
+
+Both: from the first answer after /readyz turns 200 the service serves the newest state, and a restore
+on an empty volume afterwards holds every acknowledged write (newest per user).
+"""
+
+import json
+import re
+import shutil
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from service.birthdays import greeting
+from tests.drills.conftest import (
+    S3Server,
+    StackFactory,
+    WriteLoad,
+    birthdays,
+    get_birthday,
+    put_birthday,
+    record_figures,
+    restore_replica,
+)
+from tests.support import http_status
+
+
+def _replica(kind: str, s3_server: S3Server, tmp_path: Path, name: str) -> str:
+    if kind == "s3":
+        return s3_server.replica_url(f"{name}-{tmp_path.name}")
+    return f"file://{tmp_path / 'replica'}"
+
+
+def _served(base_url: str, expected: dict[str, str]) -> dict[str, str]:
+    """The users whose GET does not answer with the greeting for the expected date of birth."""
+    today = datetime.now(UTC).date()  # the service's TIMEZONE is UTC
+    wrong = {}
+    for name, born in expected.items():
+        status, body = get_birthday(base_url, name)
+        message = json.loads(body).get("message") if status == 200 else None
+        if message != greeting(name, date.fromisoformat(born), today):
+            wrong[name] = f"{status} {body[:80]}"
+    return wrong
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["s3", "file"])
+def test_old_volume_coming_back_serves_and_keeps_the_newest_state(
+    kind: str, s3_server: S3Server, stack_factory: StackFactory, tmp_path: Path
+) -> None:
+    replica_url = _replica(kind, s3_server, tmp_path, "old-volume")
+    data = tmp_path / "data"
+    stack = stack_factory(data, replica_url=replica_url)
+    first = {f"Old{chr(65 + i // 26)}{chr(97 + i % 26)}": "1980-01-15" for i in range(50)}
+    assert all(put_birthday(stack.base_url, name, born) == 204 for name, born in first.items())
+    assert stack.terminate() == 0, stack.logs()
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(data, snapshot)
+
+    stack = stack_factory(data, replica_url=replica_url)
+    newest = dict(first)
+    for name in list(first)[:25]:
+        newest[name] = "1985-06-20"
+    for i in range(50):
+        newest[f"New{chr(65 + i // 26)}{chr(97 + i % 26)}"] = "1990-11-03"
+    changed = {name: born for name, born in newest.items() if first.get(name) != born}
+    assert all(put_birthday(stack.base_url, name, born) == 204 for name, born in changed.items())
+    assert stack.terminate() == 0, stack.logs()
+
+    shutil.rmtree(data)
+    shutil.copytree(snapshot, data)
+    began = time.monotonic()
+    stack = stack_factory(data, replica_url=replica_url)
+    ready_after = time.monotonic() - began
+    wrong = _served(stack.base_url, newest)
+    logs = stack.logs()
+    metrics = _metric_lines(stack.env["METRICS_PORT"], "hello_boot_")
+    assert stack.terminate() == 0, logs
+    copy = tmp_path / "restored.db"
+    restore_replica(replica_url, copy)
+    restored = birthdays(copy)
+    lost = {name for name, born in newest.items() if restored.get(name) != born}
+    set_aside = sorted(path.name for path in data.glob("hello.db.set-aside-*[0-9Z]"))
+    record_figures(
+        "old-volume",
+        replica=kind,
+        acknowledged=len(newest),
+        wrong_answers=len(wrong),
+        lost_after_restore=len(lost),
+        boot_to_ready_ms=round(ready_after * 1000),
+        set_aside=len(set_aside),
+    )
+    assert not wrong, f"{len(wrong)} of {len(newest)} answers are old or missing: {list(wrong.items())[:3]}"
+    assert not lost, f"{len(lost)} acknowledged writes missing after a restore: {sorted(lost)[:5]}"
+    assert "is behind the replica" in logs, logs
+    assert len(set_aside) == 1, set_aside
+    assert 'hello_boot_outcome{outcome="behind"} 1.0' in metrics, metrics
+
+
+@pytest.mark.slow
+def test_diverged_volume_coming_back_loses_nothing_from_either_machine(
+    s3_server: S3Server, stack_factory: StackFactory, replica_url: str, tmp_path: Path
+) -> None:
+    volume_a, volume_b = tmp_path / "a", tmp_path / "b"
+    # Another machine may take the writer lease once the dead one's has lapsed: a short lease keeps
+    # the drill short (the default is 30 s).
+    lease = {"WRITER_LEASE_TTL": "3"}
+    machine_a = stack_factory(volume_a, replica_url=replica_url, extra_env=lease)
+    shared = {f"Both{chr(65 + i // 26)}{chr(97 + i % 26)}": "1970-02-10" for i in range(20)}
+    assert all(put_birthday(machine_a.base_url, name, born) == 204 for name, born in shared.items())
+    with WriteLoad(machine_a.base_url, threads=4, max_requests=20000, max_seconds=10, prefix="a") as load:
+        time.sleep(2.0)
+        machine_a.kill()
+    written_by_a = dict.fromkeys(load.acknowledged, "1990-05-17") | shared
+
+    # Machine B: a fresh volume, restored from the replica, which lacks A's last writes.
+    time.sleep(3.5)
+    machine_b = stack_factory(volume_b, replica_url=replica_url, extra_env=lease)
+    unsynced = {name for name in written_by_a if get_birthday(machine_b.base_url, name)[0] != 200}
+    written_by_b = {f"Bee{chr(65 + i // 26)}{chr(97 + i % 26)}": "2001-09-09" for i in range(40)}
+    written_by_b |= dict.fromkeys(list(shared)[:10], "1999-12-24")  # newer than A's for the same users
+    assert all(put_birthday(machine_b.base_url, name, born) == 204 for name, born in written_by_b.items())
+    assert machine_b.terminate() == 0, machine_b.logs()
+
+    # A's volume comes back.
+    began = time.monotonic()
+    again = stack_factory(volume_a, replica_url=replica_url, extra_env=lease)
+    ready_after = time.monotonic() - began
+    newest = written_by_a | written_by_b
+    wrong = _served(again.base_url, newest)
+    logs = again.logs()
+    assert again.terminate() == 0, logs
+    copy = tmp_path / "restored.db"
+    restore_replica(replica_url, copy)
+    restored = birthdays(copy)
+    lost_a = {name for name in written_by_a if restored.get(name) != newest[name]}
+    lost_b = {name for name in written_by_b if restored.get(name) != written_by_b[name]}
+    reapplied = re.search(r"re-applied (\d+) of the (\d+) rows", logs)
+    record_figures(
+        "diverged-volume",
+        acknowledged_by_a=len(written_by_a),
+        not_in_replica_when_a_died=len(unsynced),
+        acknowledged_by_b=len(written_by_b),
+        wrong_answers=len(wrong),
+        lost_from_a=len(lost_a),
+        lost_from_b=len(lost_b),
+        rows_reapplied=reapplied.group(1) if reapplied else None,
+        boot_to_ready_ms=round(ready_after * 1000),
+    )
+    assert unsynced, "machine A had no write outside the replica: the drill would prove nothing"
+    assert not wrong, f"{len(wrong)} answers are not the newest: {list(wrong.items())[:3]}"
+    assert not lost_a and not lost_b, (sorted(lost_a)[:5], sorted(lost_b)[:5])
+    assert "diverged" in logs and reapplied, logs
+    assert int(reapplied.group(1)) >= len(unsynced)
+
+
+def _metric_lines(port: str, prefix: str) -> str:
+    import urllib.request
+
+    assert http_status(f"http://127.0.0.1:{port}/metrics") == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return "\n".join(line for line in text.splitlines() if line.startswith(prefix))
