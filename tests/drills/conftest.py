@@ -420,6 +420,23 @@ def get_birthday(base_url: str, username: str, timeout: float = 5.0) -> tuple[in
         return 0, ""
 
 
+def child_pids(parent: int) -> dict[int, str]:
+    """pid -> command line of the processes whose parent is ``parent``."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # The command name in parentheses may hold spaces: the fields after its closing one are fixed.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+            children[int(entry.name)] = command.strip()
+    return children
+
+
 def processes_mentioning(text: str) -> list[str]:
     """Command lines of the running processes that contain ``text`` (a data folder, a socket...)."""
     found = []
@@ -500,6 +517,8 @@ class WriteLoad:
     pause: float = 0.0
     prefix: str = "w"
     acknowledged: dict[str, float] = field(default_factory=dict)
+    # When each acknowledged write was sent (monotonic): a write sent after a fault was answered after it.
+    sent_at: dict[str, float] = field(default_factory=dict)
     failures: int = 0
     sent: int = 0
     successes: list[float] = field(default_factory=list)
@@ -535,11 +554,13 @@ class WriteLoad:
                 self.sent += 1
             name = username(number * self.threads + index, prefix=self.prefix)
             number += 1
+            sent = time.monotonic()
             status = put_birthday(self.base_url, name, timeout=10.0)
             now = time.monotonic()
             with self._lock:
                 if status == 204:
                     self.acknowledged[name] = now
+                    self.sent_at[name] = sent
                     self.successes.append(now)
                 else:
                     self.failures += 1
