@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from service import keys
+from service.parent_death import die_with_parent
 from service.settings import Config
 
 _config = Config.from_env()
@@ -36,6 +37,11 @@ proc_name = "hello-birthday"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # gunicorn's run-time control socket is not used, and would need a writable home directory.
 control_socket_disable = True
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """The worker dies with the master: killed with it (its supervisor gone), it must not keep the port."""
+    die_with_parent(server.pid)
 
 
 def post_worker_init(worker: Any) -> None:

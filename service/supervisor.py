@@ -30,7 +30,7 @@ dies (``PR_SET_PDEATHSIG``), so that no orphan keeps the port or the database. W
 """
 
 import contextlib
-import ctypes
+import functools
 import json
 import logging
 import os
@@ -59,6 +59,7 @@ from service.lease import (
 )
 from service.lineage import Placement, Standing, place, set_aside, state_dir
 from service.logs import configure_logging
+from service.parent_death import die_with_parent
 from service.replica import FileReplica, ReplicaUnavailable, S3Replica, open_replica
 from service.settings import Config, ConfigError
 
@@ -66,7 +67,6 @@ log = logging.getLogger("service.supervisor")
 
 T = TypeVar("T")
 
-_PR_SET_PDEATHSIG = 1
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # How long Litestream may take to stop after SIGTERM: litestream.yml's shutdown-sync-timeout (10 s)
 # and some room to close.
@@ -150,19 +150,6 @@ class BootReport:
         )
 
 
-def _die_with_this_process() -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets SIGKILL when this process dies, however it dies."""
-    parent = os.getpid()
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the line above took effect
-            os._exit(1)
-
-    return preexec
-
-
 def _spawn(
     argv: list[str],
     env: Mapping[str, str],
@@ -183,7 +170,7 @@ def _spawn(
         stdout=subprocess.PIPE if capture else None,
         stderr=subprocess.STDOUT if capture else None,
         start_new_session=True,
-        preexec_fn=_die_with_this_process(),
+        preexec_fn=functools.partial(die_with_parent, os.getpid()),
     )
 
 

@@ -155,3 +155,29 @@ def test_a_stop_signal_during_the_restore_stops_it_and_a_second_restore_is_refus
     assert not leftovers, leftovers
     assert second_code != 0 and "another stack is running on the volume" in second.logs(), second.logs()
     assert set(load.acknowledged) <= restored
+
+
+@pytest.mark.slow
+def test_killing_the_supervisor_leaves_no_process_behind(
+    stack_factory: StackFactory, replica_url: str, tmp_path: Path
+) -> None:
+    stack = stack_factory(tmp_path / "data", replica_url=replica_url)
+    tree = set(child_pids(stack.process.pid))
+    for pid in list(tree):
+        tree |= set(child_pids(pid))  # gunicorn's worker
+    assert len(tree) == 3, tree  # Litestream, gunicorn's master, its worker
+    os.kill(stack.process.pid, signal.SIGKILL)
+    stack.process.wait(timeout=10)
+    began = time.monotonic()
+    wait_until(lambda: not any(_running(pid) for pid in tree), 5, "processes left behind")
+    record_figures(
+        "supervisor-killed", processes=len(tree), all_gone_after_ms=round((time.monotonic() - began) * 1000)
+    )
+
+
+def _running(pid: int) -> bool:
+    """Alive, not a zombie waiting for whoever adopted it to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
+    except FileNotFoundError:
+        return False
