@@ -12,6 +12,7 @@ from aiohttp import web
 
 from service import keys
 from service.parent_death import die_with_parent
+from service.server import exit_if_threads_linger, make_runner
 from service.settings import Config
 
 _config = Config.from_env()
@@ -49,10 +50,12 @@ def post_worker_init(worker: Any) -> None:
 
     The aiohttp worker notices SIGTERM at its next tick (up to a second later) and only then stops
     accepting; in between, requests are still served, but readiness already says "going away".
+    The worker builds a plain ``AppRunner`` unless the factory returns a runner: it gets the
+    service's guarded one (service/server.py), with the options the worker would have used.
     """
     make_app: Callable[[], Awaitable[web.Application]] = worker.wsgi
 
-    async def app_that_drains_on_sigterm() -> web.Application:
+    async def runner_that_drains_on_sigterm() -> web.AppRunner:
         app = await make_app()
 
         def on_sigterm() -> None:
@@ -60,6 +63,20 @@ def post_worker_init(worker: Any) -> None:
             worker.handle_exit(signal.SIGTERM, None)
 
         worker.loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        return app
+        return make_runner(
+            app,
+            app[keys.CONFIG],
+            logger=worker.log,
+            keepalive_timeout=worker.cfg.keepalive,
+            access_log=None,
+            shutdown_timeout=worker.cfg.graceful_timeout / 100 * 95,
+        )
 
-    worker.wsgi = app_that_drains_on_sigterm
+    worker.wsgi = runner_that_drains_on_sigterm
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """A worker that failed to boot exits with gunicorn's boot-error code, so that the master stops
+    too (and the platform restarts the machine), even if a thread would keep it alive."""
+    if not worker.booted:
+        exit_if_threads_linger(server.WORKER_BOOT_ERROR)

@@ -11,11 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from service.app import create_app
 from service.db import SchemaTooNew, migrate
 from service.logs import configure_logging
+from service.server import exit_if_threads_linger, run
 from service.settings import Config, ConfigError
 
 log = logging.getLogger("service")
@@ -45,15 +44,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args:
         sys.exit(USAGE)
-    log.info("serving", extra={"url": f"http://{config.host}:{config.port}"})
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=config.shutdown_timeout,
-    )
+    url = f"http://{config.host}:{config.port}"
+    try:
+        run(create_app(config), config, started=lambda: log.info("serving", extra={"url": url}))
+    except Exception as exc:
+        # One JSON line (the traceback as a field), then a non-zero exit, never a hang.
+        log.error("start-up failed", exc_info=exc)
+        exit_if_threads_linger(1)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

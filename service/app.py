@@ -33,8 +33,10 @@ def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.A
     app.cleanup_ctx.append(_metrics_server)
     app.on_shutdown.append(_drain)
 
-    app.router.add_put("/hello/{username:.*}", views.put_hello)
-    app.router.add_get("/hello/{username:.*}", views.get_hello)
+    # Any text at all, newlines and encoded slashes included (".*" stops at a newline), so that
+    # every malformed name reaches the handler's check and gets a 400, never the router's 404.
+    app.router.add_put(r"/hello/{username:[\s\S]*}", views.put_hello)
+    app.router.add_get(r"/hello/{username:[\s\S]*}", views.get_hello)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/openapi.json", views.openapi)
@@ -98,8 +100,14 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     metrics_app.router.add_get("/metrics", views.metrics)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.metrics_host, config.metrics_port)
-    await site.start()
+    # SO_REUSEPORT: on SIGHUP gunicorn starts the new worker while the old one still holds this
+    # port; both bind it until the old one exits, so a reload does not fail the new worker's boot.
+    site = web.TCPSite(runner, config.metrics_host, config.metrics_port, reuse_port=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     app[keys.STATE].metrics_port = sockets[0].getsockname()[1] if sockets else config.metrics_port

@@ -25,7 +25,7 @@ errors = logging.getLogger("service.errors")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def _route(request: web.Request) -> str:
+def route_label(request: web.Request) -> str:
     """The route template, never the raw path, so that metric labels stay few."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
@@ -67,7 +67,7 @@ def observe(metrics: Metrics) -> Middleware:
             )
         response.headers["X-Request-Id"] = request_id
         seconds = time.perf_counter() - started
-        route = _route(request)
+        route = route_label(request)
         status = response.status
         metrics.observe_request(route, request.method, status, seconds)
         access.request(request.method, route, request.path, status, round(seconds * 1000, 3), request_id)

@@ -15,31 +15,62 @@ class Problem(Exception):
     title: ClassVar[str] = "Internal Server Error"
     slug: ClassVar[str] = "internal-error"
 
+    # After answering, close the connection: what the client sends next cannot be trusted to
+    # start a request (a body left half-read, a head that could not be parsed).
+    close_connection: ClassVar[bool] = False
+
     def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
 
-    def response(self, request_id: str) -> web.Response:
-        body = {
+    def body(self, request_id: str) -> bytes:
+        document = {
             "type": f"/problems/{self.slug}",
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
             "requestId": request_id,
         }
-        return web.Response(
+        return json.dumps(document).encode()
+
+    def response(self, request_id: str) -> web.Response:
+        response = web.Response(
             status=self.status,
-            body=json.dumps(body).encode(),
+            body=self.body(request_id),
             content_type=PROBLEM_JSON,
             headers=self.headers,
         )
+        if self.close_connection:
+            response.force_close()
+        return response
+
+    def raw_response(self, request_id: str) -> bytes:
+        """The whole HTTP/1.1 answer as bytes, for a connection that never became a request."""
+        body = self.body(request_id)
+        head = [
+            f"HTTP/1.1 {self.status} {self.title}",
+            f"Content-Type: {PROBLEM_JSON}",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+            *(f"{name}: {value}" for name, value in self.headers.items()),
+        ]
+        return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 class InvalidInput(Problem):
     status = 400
     title = "Bad Request"
     slug = "invalid-input"
+
+
+class MalformedRequest(Problem):
+    """A request aiohttp's parser refused: a line too long, a bad header, not HTTP at all."""
+
+    status = 400
+    title = "Bad Request"
+    slug = "malformed-request"
+    close_connection = True
 
 
 class NotFound(Problem):
@@ -60,6 +91,23 @@ class PayloadTooLarge(Problem):
     slug = "payload-too-large"
 
 
+class RequestTimeout(Problem):
+    status = 408
+    title = "Request Timeout"
+    slug = "request-timeout"
+    close_connection = True
+
+
+class ClientClosedRequest(Problem):
+    """The client went away before its request was whole (nginx's 499): nobody reads this answer;
+    it exists so that the request is logged and counted as the client's doing, not as a 500."""
+
+    status = 499
+    title = "Client Closed Request"
+    slug = "client-closed-request"
+    close_connection = True
+
+
 class UnsupportedMediaType(Problem):
     status = 415
     title = "Unsupported Media Type"
@@ -74,6 +122,13 @@ class ServiceUnavailable(Problem):
 
 class InternalError(Problem):
     pass
+
+
+class TooManyConnections(Problem):
+    status = 503
+    title = "Service Unavailable"
+    slug = "too-many-connections"
+    close_connection = True
 
 
 class HttpProblem(Problem):

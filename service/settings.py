@@ -29,6 +29,13 @@ class Config:
     litestream_pid: int | None = None
     fence_file: Path | None = None
     boot_report: str = ""
+    # Slow or abusive clients: a request head must arrive within header_timeout of the connection
+    # opening (or of its first byte after an idle keep-alive pause), a body within body_timeout of
+    # its head; at most max_connections are open at once (and never more than the open-files
+    # limit allows).
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_connections: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -46,6 +53,9 @@ class Config:
             litestream_pid=_pid(env, "LITESTREAM_PID"),
             fence_file=Path(fence) if (fence := _text(env, "WRITER_FENCE_FILE", "")) else None,
             boot_report=_text(env, "BOOT_REPORT", ""),
+            header_timeout=_seconds(env, "HEADER_TIMEOUT", defaults.header_timeout),
+            body_timeout=_seconds(env, "BODY_TIMEOUT", defaults.body_timeout),
+            max_connections=_count(env, "MAX_CONNECTIONS", defaults.max_connections, 1, 1_000_000),
         )
         if config.port == config.metrics_port and config.port != 0:
             raise ConfigError(f"METRICS_PORT must differ from PORT (both are {config.port})")
@@ -80,6 +90,15 @@ def _pid(env: Mapping[str, str], name: str) -> int | None:
         return None
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name} must be a process id, not {raw!r}")
+    return int(raw)
+
+
+def _count(env: Mapping[str, str], name: str, default: int, lowest: int, highest: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not lowest <= int(raw) <= highest:
+        raise ConfigError(f"{name} must be a whole number from {lowest} to {highest}, not {raw!r}")
     return int(raw)
 
 

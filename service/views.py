@@ -11,7 +11,14 @@ from service import keys
 from service.birthdays import InvalidDateOfBirth, greeting, is_valid_username, parse_date_of_birth
 from service.db import DatabaseError, NotMigrated
 from service.openapi import OPENAPI_DOCUMENT
-from service.problems import InvalidInput, NotFound, ServiceUnavailable, UnsupportedMediaType
+from service.problems import (
+    ClientClosedRequest,
+    InvalidInput,
+    NotFound,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +47,8 @@ def _check_content_type(request: web.Request) -> None:
 def _date_of_birth_text(body: bytes) -> str:
     try:
         document: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        # RecursionError: nesting deeper than the parser's stack (a few hundred "[" do it).
         raise InvalidInput('the body is not valid JSON: send {"dateOfBirth": "YYYY-MM-DD"}') from None
     if not isinstance(document, dict):
         raise InvalidInput('the body must be a JSON object: {"dateOfBirth": "YYYY-MM-DD"}')
@@ -51,7 +59,8 @@ def _date_of_birth_text(body: bytes) -> str:
 
 
 async def _read_body(request: web.Request) -> bytes:
-    """The whole body; 503 if the server shuts down before it has all arrived.
+    """The whole body; 503 if the server shuts down before it has all arrived, 408 if it is slower
+    than BODY_TIMEOUT, 499 (the client's doing, not a server fault) if the client goes away.
 
     From the start of shutdown aiohttp reads nothing more from open connections, so a request still
     waiting for its body would hold the worker until the graceful timeout and then be cut off.
@@ -60,14 +69,22 @@ async def _read_body(request: web.Request) -> bytes:
         return await request.read()
     reading = asyncio.ensure_future(request.read())
     closing = asyncio.ensure_future(request.app[keys.STATE].closing.wait())
+    seconds = request.app[keys.CONFIG].body_timeout
     try:
-        await asyncio.wait((reading, closing), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((reading, closing), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         closing.cancel()
     if not reading.done():
         reading.cancel()
-        raise ServiceUnavailable("the server is restarting and the body did not arrive in time; retry")
-    return reading.result()
+        if closing.done() and not closing.cancelled():
+            raise ServiceUnavailable("the server is restarting and the body did not arrive in time; retry")
+        raise RequestTimeout(f"the body did not arrive within {seconds:g} s of the request head")
+    try:
+        return reading.result()
+    except ConnectionResetError:  # aiohttp's "Connection lost": the client closed mid-body
+        raise ClientClosedRequest("the client closed the connection before the body arrived") from None
+    except web.RequestPayloadError as exc:  # a malformed chunked body, or one cut short
+        raise InvalidInput(f"the body could not be read: {exc}") from None
 
 
 def _check_writable(request: web.Request) -> None:

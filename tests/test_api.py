@@ -8,6 +8,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from service import keys
+
 Client = TestClient[web.Request, web.Application]
 JSON = {"Content-Type": "application/json"}
 
@@ -84,7 +86,8 @@ async def test_longest_username_is_accepted(client: Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["al1ce", "al-ice", "al%20ice", "%C3%A5lice", "x" * 65, "", "al.ice", "a/b", "%00"]
+    "name",
+    ["al1ce", "al-ice", "al%20ice", "%C3%A5lice", "x" * 65, "", "al.ice", "a/b", "%00", "Pr%0Aobe", "a%2Fb"],
 )
 async def test_malformed_username_is_400_on_put_and_get(
     client: Client, name: str, database_path: Path
@@ -243,3 +246,31 @@ async def test_head_is_served_like_get(client: Client) -> None:
     assert await put(client, "Max", {"dateOfBirth": "1990-01-01"}) == 204
     response = await client.head("/hello/Max")
     assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "detail"),
+    [
+        ("PUT", "/hello/Deep", b"[" * 1000, "not valid JSON"),
+        ("PUT", "/hello/Deep", b"[" * 512 + b"]" * 512, "JSON"),
+        ("GET", "/hello/Pr%0Aobe", None, "ASCII letters"),
+        ("PUT", "/hello/Pr%0Aobe", b'{"dateOfBirth": "1990-01-01"}', "ASCII letters"),
+    ],
+)
+async def test_bad_input_is_a_400_logged_as_one_line_and_counted(
+    client: Client,
+    caplog: pytest.LogCaptureFixture,
+    database_path: Path,
+    method: str,
+    path: str,
+    body: bytes | None,
+    detail: str,
+) -> None:
+    caplog.set_level("INFO")
+    response = await client.request(method, path, data=body, headers=JSON)
+    await assert_problem(response, 400, detail)
+    assert [r.levelname for r in caplog.records if r.name == "service.errors"] == []
+    access = [r for r in caplog.records if r.name == "service.access"]
+    assert [(r.method, r.route, r.status) for r in access] == [(method, "/hello/{username}", 400)]  # type: ignore[attr-defined]
+    assert client.app[keys.METRICS].request_counts == {("/hello/{username}", method, 400): 1}
+    assert stored_rows(database_path) == []

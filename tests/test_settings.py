@@ -30,6 +30,9 @@ def test_values_are_read() -> None:
             "LOG_LEVEL": "debug",
             "TIMEZONE": "Europe/Paris",
             "SHUTDOWN_TIMEOUT": "12.5",
+            "HEADER_TIMEOUT": "5",
+            "BODY_TIMEOUT": "7.5",
+            "MAX_CONNECTIONS": "300",
         }
     )
     assert config == Config(
@@ -40,6 +43,9 @@ def test_values_are_read() -> None:
         log_level="DEBUG",
         timezone="Europe/Paris",
         shutdown_timeout=12.5,
+        header_timeout=5.0,
+        body_timeout=7.5,
+        max_connections=300,
     )
 
 
@@ -55,6 +61,10 @@ def test_values_are_read() -> None:
         ("TIMEZONE", "../etc/passwd"),
         ("SHUTDOWN_TIMEOUT", "0"),
         ("SHUTDOWN_TIMEOUT", "soon"),
+        ("HEADER_TIMEOUT", "0"),
+        ("BODY_TIMEOUT", "forever"),
+        ("MAX_CONNECTIONS", "0"),
+        ("MAX_CONNECTIONS", "1.5"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

@@ -1,0 +1,114 @@
+"""Drill: a slowloris flood (thousands of connections sending a header byte a second) against a real
+gunicorn process, while a second client measures GET latency."""
+
+import json
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.drills.conftest import record_figures
+from tests.drills.hardening import Prober, start_gunicorn, stop
+from tests.support import wait_for_status
+
+FLOOD_SOCKETS = 3000
+FLOOD_SECONDS = 20.0
+HEADER_TIMEOUT = 4.0
+HEAD = b"GET /hello/Probe HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\nX-Padding: " + b"x" * 64
+
+
+@pytest.mark.slow
+def test_a_slowloris_flood_is_cut_off_and_the_service_keeps_answering(tmp_path: Path) -> None:
+    log_path = tmp_path / "gunicorn.log"
+    process, port = start_gunicorn(
+        tmp_path / "hello.db",
+        log_path,
+        HEADER_TIMEOUT=str(HEADER_TIMEOUT),
+        # Above the flood: this drill measures the head timeout; the cap has tests of its own.
+        MAX_CONNECTIONS=str(FLOOD_SOCKETS + 1000),
+    )
+    base = f"http://127.0.0.1:{port}"
+    flood: list[socket.socket] = []
+    answers: dict[str, int] = {}
+    try:
+        wait_for_status(f"{base}/readyz")
+        request = urllib.request.Request(
+            f"{base}/hello/Probe",
+            data=b'{"dateOfBirth": "1990-01-01"}',
+            method="PUT",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 204
+        lines_before = len(log_path.read_text().splitlines())
+
+        with Prober(
+            [f"{base}/hello/Probe"], interval=0.02, max_requests=1500, max_seconds=FLOOD_SECONDS + 3
+        ) as probe:
+            started = time.monotonic()
+            for _ in range(FLOOD_SOCKETS):
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                conn.setblocking(False)
+                flood.append(conn)
+            opened_in = time.monotonic() - started
+            open_conns = dict.fromkeys(flood, 0)
+            cut_after: list[float] = []
+            # Every socket gets the head timeout and some slack from the moment the last one opened.
+            deadline = min(time.monotonic() + HEADER_TIMEOUT + 4.0, started + FLOOD_SECONDS)
+            while open_conns and time.monotonic() < deadline:
+                tick = time.monotonic()
+                for conn in list(open_conns):
+                    sent = open_conns[conn]
+                    try:
+                        data = conn.recv(4096)
+                    except BlockingIOError:
+                        data = None
+                    except OSError:
+                        data = b""
+                    if data is not None:  # the server answered or closed: the flood socket is done
+                        status = data[9:12].decode() if data.startswith(b"HTTP/1.1 ") else "closed"
+                        answers[status] = answers.get(status, 0) + 1
+                        cut_after.append(time.monotonic() - started)
+                        del open_conns[conn]
+                        continue
+                    try:
+                        conn.send(HEAD[sent % len(HEAD) : sent % len(HEAD) + 1])
+                        open_conns[conn] = sent + 1
+                    except OSError:
+                        answers["send failed"] = answers.get("send failed", 0) + 1
+                        del open_conns[conn]
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+            still_open = len(open_conns)
+            time.sleep(1.0)  # a little more probing after the flood
+        time.sleep(1.5)  # let the last rate-limited summary line be written
+        log_lines = log_path.read_text().splitlines()[lines_before:]
+        entries = [json.loads(line) for line in log_lines if line.startswith("{")]
+        non_request = [e for e in entries if e.get("message") != "request"]
+        statuses = probe.statuses("/hello/")
+        latency = probe.latency_ms()
+        record_figures(
+            "slowloris",
+            flood_sockets=FLOOD_SOCKETS,
+            opened_in=f"{opened_in:.2f}s",
+            flood_answers=answers,
+            still_open_at_end=still_open,
+            last_cut_at=f"{max(cut_after, default=0):.1f}s",
+            gets=len(statuses),
+            get_errors=sum(status != 200 for status in statuses),
+            **{f"get_{key}_ms": value for key, value in latency.items()},
+            log_lines=len(log_lines),
+            log_lines_not_access=len(non_request),
+        )
+        assert statuses and all(status == 200 for status in statuses), statuses
+        assert still_open == 0, "slow connections outlived the head timeout"
+        assert answers.get("408", 0) >= FLOOD_SOCKETS * 0.9, answers
+        # One access line per probe; besides those, a summary line a second at most.
+        assert len(non_request) <= FLOOD_SECONDS + 10, non_request[:20]
+        assert len(log_lines) == len(entries), "a log line that is not JSON"
+        wait_for_status(f"{base}/readyz")
+    finally:
+        for conn in flood:
+            conn.close()
+        assert stop(process) == 0
