@@ -1,4 +1,4 @@
-# hello-birthday: gunicorn (one aiohttp worker) under `litestream replicate -exec`, SQLite on /data.
+# hello-birthday: a supervisor running Litestream and gunicorn (one aiohttp worker), SQLite on /data.
 #
 #   docker build -t hello-birthday .
 #   docker run --init -p 8080:8080 -v hello-data:/data \
@@ -58,7 +58,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/readyz', timeout=2)"]
 
 # The entrypoint starts as root only to hand /data to `app`, then drops to it and execs start.sh,
-# which execs Litestream, which runs gunicorn: SIGTERM from `docker stop` or Fly's init reaches
-# Litestream, which forwards it to gunicorn and syncs the last writes before it exits.
+# which execs the supervisor (`python -m service supervise`): it runs Litestream and gunicorn side by
+# side. SIGTERM from `docker stop` or Fly's init reaches the supervisor, which stops gunicorn (requests
+# in flight finish), then lets Litestream sync the last writes; a second signal does not cut that short.
 ENTRYPOINT ["python3", "/app/scripts/container-entrypoint.py"]
 CMD ["/app/scripts/start.sh"]
