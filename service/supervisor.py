@@ -72,6 +72,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # and some room to close.
 _LITESTREAM_STOP_SECONDS = 20.0
 _POLL_SECONDS = 0.1
+_WHERE = {Standing.BEHIND: "behind the replica", Standing.DIVERGED: "off the replica's history (diverged)"}
 
 
 class BootError(RuntimeError):
@@ -344,7 +345,7 @@ class Supervisor:
         aside = set_aside(database)
         self._pending_marker().write_text(str(aside))
         log.warning(
-            f"{database} is {placement.standing} the replica ({placement.reason}): set aside as {aside}; "
+            f"{database} is {_WHERE[placement.standing]} ({placement.reason}): set aside as {aside}; "
             "restoring the replica's latest",
             extra={**figures, "outcome": str(placement.standing), "set_aside": str(aside)},
         )
