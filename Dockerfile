@@ -22,7 +22,7 @@ COPY service/ service/
 COPY migrations/ migrations/
 RUN /opt/venv/bin/pip install --no-cache-dir . \
     && /opt/venv/bin/litestream version \
-    && /opt/venv/bin/python -c "import service.app, pysqlite3"
+    && /opt/venv/bin/python -c "import service.app, service.supervisor, boto3, pysqlite3"
 
 # Runtime: the same base, the virtualenv, the entrypoint and its configuration. No compilers, no pip
 # cache, no secrets: REPLICA_URL and the object store's credentials come from the environment.
