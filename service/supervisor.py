@@ -72,6 +72,9 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # and some room to close.
 _LITESTREAM_STOP_SECONDS = 20.0
 _POLL_SECONDS = 0.1
+# After Litestream died every write is refused, so gunicorn gets only this long to finish the reads in
+# flight before it is killed: the platform's restart is what brings writes back.
+_DRAIN_WITHOUT_LITESTREAM_SECONDS = 3.0
 _WHERE = {Standing.BEHIND: "behind the replica", Standing.DIVERGED: "off the replica's history (diverged)"}
 
 
@@ -534,7 +537,8 @@ class Supervisor:
                         f"Litestream exited ({_describe_exit(litestream.returncode)}): writes are refused "
                         "from now on; stopping gunicorn and exiting so that the platform restarts the stack"
                     )
-                    _stop_process(gunicorn, signal.SIGTERM, self.config.shutdown_timeout + 10)
+                    # No write can succeed any more: a short drain for the reads in flight, no more.
+                    _stop_process(gunicorn, signal.SIGTERM, _DRAIN_WITHOUT_LITESTREAM_SECONDS)
                     release_quietly(lease)
                     return 1
                 time.sleep(_POLL_SECONDS)
