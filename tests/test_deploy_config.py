@@ -235,6 +235,12 @@ def test_data_paths_agree(fly: dict[str, Any], dockerfile: Dockerfile, litestrea
     assert database["path"] == "${DATABASE_PATH}"
     # The entrypoint hands DATA_DIR (the mount point) to the service user; the image makes it too.
     assert dockerfile.final_stage().env()["DATA_DIR"] == mount["destination"]
+    # The volume grows before it fills (a full disk refuses writes), from its initial size upwards.
+    assert 50 <= mount["auto_extend_size_threshold"] < 100
+    initial, limit = (
+        int(mount[key].lower().removesuffix("gb")) for key in ("initial_size", "auto_extend_size_limit")
+    )
+    assert limit > initial
     assert any("/data" in run and "chown" in run for run in dockerfile.final_stage().all("RUN"))
 
 
