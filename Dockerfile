@@ -38,7 +38,9 @@ COPY gunicorn.conf.py litestream.yml ./
 COPY scripts/container-entrypoint.py scripts/start.sh scripts/restore.sh scripts/
 
 # Settings that belong to the container; everything else has a default in service/settings.py or
-# comes from fly.toml's [env]. The metrics ports are for the platform's private network only.
+# comes from fly.toml's [env]. The metrics port is for the platform's private network only; it also
+# carries Litestream's series, read from Litestream's listener on loopback (which also serves Go's
+# pprof pages, so it is never exposed).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -49,8 +51,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     DATABASE_PATH=/data/hello.db \
     METRICS_HOST=0.0.0.0 \
     METRICS_PORT=9091 \
-    LITESTREAM_METRICS_ADDR=0.0.0.0:9090
-EXPOSE 8080 9091 9090
+    LITESTREAM_METRICS_ADDR=127.0.0.1:9090
+EXPOSE 8080 9091
 
 # Ready means migrated and answering: /readyz runs a query. The start period covers a restore from
 # the replica on an empty volume.

@@ -9,7 +9,9 @@ from aiohttp import web
 
 from service import __version__, keys, views
 from service.db import SQLITE_VERSION, UserStore
+from service.diskfull import DiskGuard
 from service.guard import WriteGuard
+from service.litestream import LitestreamMetrics
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middlewares import observe
@@ -28,10 +30,16 @@ def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.A
     app[keys.CLOCK] = clock or (lambda: datetime.now(zone).date())
     app[keys.METRICS] = metrics
     app[keys.STATE] = keys.State()
+    litestream = config.litestream_metrics_addr
+    app[keys.LITESTREAM] = LitestreamMetrics(litestream, metrics) if litestream else None
+    app[keys.DISK] = DiskGuard(
+        config.database_path, config.disk_full_resume_mb * 1024 * 1024, metrics, app[keys.LITESTREAM]
+    )
     app.cleanup_ctx.append(_write_guard)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_metrics_server)
     app.on_shutdown.append(_drain)
+    app.on_cleanup.append(_close_disk_guard)
 
     # Any text at all, newlines and encoded slashes included (".*" stops at a newline), so that
     # every malformed name reaches the handler's check and gets a 400, never the router's 404.
@@ -97,6 +105,7 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     metrics_app = web.Application()
     metrics_app[keys.STORE] = app[keys.STORE]
     metrics_app[keys.METRICS] = app[keys.METRICS]
+    metrics_app[keys.LITESTREAM] = app[keys.LITESTREAM]
     metrics_app.router.add_get("/metrics", views.metrics)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
@@ -113,6 +122,13 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     app[keys.STATE].metrics_port = sockets[0].getsockname()[1] if sockets else config.metrics_port
     yield
     await runner.cleanup()
+
+
+async def _close_disk_guard(app: web.Application) -> None:
+    # on_cleanup runs after every cleanup_ctx: the store is closed, nothing writes any more.
+    await app[keys.DISK].close()
+    if (litestream := app[keys.LITESTREAM]) is not None:
+        await litestream.close()
 
 
 async def _drain(app: web.Application) -> None:

@@ -115,6 +115,17 @@ _SCHEMA_VERSION = "PRAGMA user_version"
 # SQLite's "busy" and "locked" result codes: another connection holds a lock this one needs.
 _BUSY_CODES = frozenset({5, 6})
 
+# SQLITE_FULL: a write found no space left on the device (ENOSPC) or hit the size limit.
+_FULL_CODE = 13
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a database error means "no space left": a retry cannot succeed until space returns."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    # The primary result code is the low byte of an extended one.
+    return isinstance(exc, sqlite.Error) and isinstance(code, int) and code & 0xFF == _FULL_CODE
+
+
 # A group commit takes at most this many writes: enough to absorb any burst 64 connections make,
 # small enough that one transaction stays short for Litestream's checkpoints.
 _MAX_BATCH = 256
@@ -141,8 +152,10 @@ class _GroupCommit:
     takes them all (up to ``_MAX_BATCH``) into one ``BEGIN IMMEDIATE ... COMMIT``. Each caller's
     future resolves only after the COMMIT of its own batch returned, so a 204 still means committed.
     A batch that fails is rolled back and its writes retried one by one: a bad row fails only its
-    own caller. A fault outside any one write (the connection closed under it) fails the whole
-    batch's callers rather than leaving them waiting.
+    own caller. A full disk fails every write of the batch at once instead: each retry would meet
+    the same full disk, and a full batch of them only delays every caller's answer. A fault outside
+    any one write (the connection closed under it) fails the whole batch's callers rather than
+    leaving them waiting.
     """
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -185,6 +198,9 @@ class _GroupCommit:
                 if self._conn.in_transaction:
                     with contextlib.suppress(sqlite.Error):
                         await self._conn.execute("ROLLBACK")
+                if is_disk_full(exc):
+                    _settle_all(batch, exc)
+                    return
                 log.warning(
                     "group commit failed; retrying its writes one by one",
                     extra={"writes": len(batch), "reason": str(exc)},
@@ -193,11 +209,14 @@ class _GroupCommit:
                 for _, future in batch:
                     _settle(future, None)
                 return
-        for params, future in batch:
+        for index, (params, future) in enumerate(batch):
             # A single autocommit statement: committed when execute() returns.
             try:
                 await self._conn.execute(_UPSERT, params)
             except sqlite.Error as exc:
+                if is_disk_full(exc):
+                    _settle_all(batch[index:], exc)
+                    return
                 _settle(future, exc)
             else:
                 _settle(future, None)
@@ -210,6 +229,11 @@ def _settle(future: "asyncio.Future[None]", error: BaseException | None) -> None
         future.set_exception(error)
     else:
         future.set_result(None)
+
+
+def _settle_all(batch: Pending, error: BaseException) -> None:
+    for _, future in batch:
+        _settle(future, error)
 
 
 async def _open_aiosqlite(connector: Callable[[], sqlite.Connection]) -> aiosqlite.Connection:

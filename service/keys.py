@@ -8,7 +8,9 @@ from datetime import date
 from aiohttp import web
 
 from service.db import UserStore
+from service.diskfull import DiskGuard
 from service.guard import WriteGuard
+from service.litestream import LitestreamMetrics
 from service.metrics import Metrics
 from service.settings import Config
 
@@ -30,6 +32,9 @@ STORE = web.AppKey("store", UserStore)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", State)
 GUARD = web.AppKey("guard", WriteGuard)
+DISK = web.AppKey("disk", DiskGuard)
+# None when no Litestream runs beside the service (LITESTREAM_METRICS_ADDR unset).
+LITESTREAM: web.AppKey[LitestreamMetrics | None] = web.AppKey("litestream")
 Clock = Callable[[], date]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 REQUEST_ID = web.RequestKey("request_id", str)

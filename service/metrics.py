@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -71,6 +71,32 @@ class _RequestCollector(Collector):
         yield requests
         yield metrics.request_seconds.family()
         yield metrics.db_seconds.family()
+        yield GaugeMetricFamily(
+            "hello_disk_full",
+            "1 while writes are refused because the database's disk is full (or Litestream has not "
+            "resumed after it), else 0.",
+            value=metrics.disk_full,
+        )
+        yield CounterMetricFamily(
+            "hello_disk_full_refused_writes",
+            "PUTs answered 507 because the disk was full; none of them was stored.",
+            value=metrics.disk_full_refused_writes,
+        )
+        yield CounterMetricFamily(
+            "hello_disk_full_episodes",
+            "Times the disk was found full (each followed by refused writes until space returned).",
+            value=metrics.disk_full_episodes,
+        )
+        yield GaugeMetricFamily(
+            "hello_litestream_metrics_up",
+            "1 if Litestream's own metrics answered the last time they were read, else 0.",
+            value=metrics.litestream_up,
+        )
+        yield CounterMetricFamily(
+            "hello_litestream_metrics_failures",
+            "Reads of Litestream's metrics (over loopback) that got no answer in time.",
+            value=metrics.litestream_scrape_failures,
+        )
 
 
 @dataclass
@@ -117,6 +143,12 @@ class Metrics:
             registry=self.registry,
         )
         self._status_text: dict[int, str] = {}
+        # Set by the disk guard (service/diskfull.py) and the Litestream client (service/litestream.py).
+        self.disk_full = 0
+        self.disk_full_refused_writes = 0
+        self.disk_full_episodes = 0
+        self.litestream_up = 0
+        self.litestream_scrape_failures = 0
 
     def record_boot(self, report_json: str) -> None:
         """What the supervisor's boot did (its ``BootReport`` as JSON); nothing when not supervised."""
@@ -138,7 +170,11 @@ class Metrics:
     def observe_db(self, operation: str, seconds: float) -> None:
         self.db_seconds.observe((operation,), seconds)
 
-    def exposition(self) -> web.Response:
-        response = web.Response(body=generate_latest(self.registry))
+    def exposition(self, appended: str | None = None) -> web.Response:
+        """The text exposition; ``appended`` (another process's, e.g. Litestream's) follows it as is."""
+        body = generate_latest(self.registry)
+        if appended:
+            body += appended.encode()
+        response = web.Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

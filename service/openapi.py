@@ -38,6 +38,16 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                     "413": _PROBLEM,
                     "415": _PROBLEM,
                     "503": _PROBLEM,
+                    "507": {
+                        "description": "The server's disk is full: the write was not stored; retry later.",
+                        "headers": {
+                            **_REQUEST_ID,
+                            "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."},
+                        },
+                        "content": {
+                            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                        },
+                    },
                 },
             },
             "get": {
@@ -106,7 +116,12 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
             "Status": {
                 "type": "object",
                 "required": ["status"],
-                "properties": {"status": {"type": "string"}},
+                "properties": {
+                    "status": {"type": "string"},
+                    # On /readyz while the disk is full: reads are served, writes refused (507).
+                    "writes": {"type": "string", "enum": ["refused"]},
+                    "reason": {"type": "string"},
+                },
             },
             "Problem": {
                 "type": "object",

@@ -120,6 +120,14 @@ class ServiceUnavailable(Problem):
     slug = "unavailable"
 
 
+class InsufficientStorage(Problem):
+    """The disk is full: the write was not stored; the client may retry after ``Retry-After``."""
+
+    status = 507
+    title = "Insufficient Storage"
+    slug = "disk-full"
+
+
 class InternalError(Problem):
     pass
 

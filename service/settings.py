@@ -1,5 +1,6 @@
 """Configuration from environment variables, checked once at start-up."""
 
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -36,6 +37,11 @@ class Config:
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     max_connections: int = 1000
+    # Where Litestream serves its metrics (host:port, loopback only); empty when no Litestream runs
+    # beside the service (tests, `python -m service serve`).
+    litestream_metrics_addr: str = ""
+    # After a full disk, writes resume only once this much is free again (MiB).
+    disk_full_resume_mb: int = 64
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -56,6 +62,12 @@ class Config:
             header_timeout=_seconds(env, "HEADER_TIMEOUT", defaults.header_timeout),
             body_timeout=_seconds(env, "BODY_TIMEOUT", defaults.body_timeout),
             max_connections=_count(env, "MAX_CONNECTIONS", defaults.max_connections, 1, 1_000_000),
+            litestream_metrics_addr=_loopback_address(
+                env, "LITESTREAM_METRICS_ADDR", defaults.litestream_metrics_addr
+            ),
+            disk_full_resume_mb=_count(
+                env, "DISK_FULL_RESUME_MB", defaults.disk_full_resume_mb, 1, 1_048_576
+            ),
         )
         if config.port == config.metrics_port and config.port != 0:
             raise ConfigError(f"METRICS_PORT must differ from PORT (both are {config.port})")
@@ -128,4 +140,26 @@ def _timezone(env: Mapping[str, str], name: str, default: str) -> str:
         ZoneInfo(raw)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"{name} must be an IANA time zone name such as UTC, not {raw!r}") from None
+    return raw
+
+
+def _loopback_address(env: Mapping[str, str], name: str, default: str) -> str:
+    """host:port on this machine only: Litestream's listener also serves Go's /debug/pprof/ pages."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    host, _, port = raw.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if not loopback or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{name} must be a loopback address and port such as 127.0.0.1:9090, not {raw!r}: that "
+            "listener also serves Go's /debug/pprof/ and /debug/vars, and Litestream's metrics reach "
+            "Prometheus through the service's METRICS_PORT instead"
+        )
     return raw

@@ -103,7 +103,15 @@ async def put_hello(request: web.Request) -> web.Response:
         born = parse_date_of_birth(text, today)
     except InvalidDateOfBirth as exc:
         raise InvalidInput(f"dateOfBirth {exc}") from None
-    await request.app[keys.STORE].upsert_birthday(username, born)
+    disk = request.app[keys.DISK]
+    disk.check()  # 507 at once while the disk is full (service/diskfull.py)
+    try:
+        await request.app[keys.STORE].upsert_birthday(username, born)
+    except DatabaseError as exc:
+        if (problem := disk.failed(exc)) is not None:
+            raise problem from None
+        raise
+    disk.succeeded()
     # Committed locally, but a 204 also promises that Litestream follows it: ask again.
     reason = request.app[keys.GUARD].refusal()
     if reason is not None:
@@ -137,6 +145,10 @@ async def readyz(request: web.Request) -> web.Response:
     except (DatabaseError, NotMigrated, TimeoutError) as exc:
         log.warning("not ready", extra={"reason": str(exc) or type(exc).__name__})
         raise ServiceUnavailable("the database is not answering or not migrated") from None
+    # A full disk stays 200: reads still work, and with one Machine a failing check would take them
+    # away too; hello_disk_full is what alerts. The body says that writes are refused.
+    if (reason := request.app[keys.DISK].reason()) is not None:
+        return web.json_response({"status": "ready", "writes": "refused", "reason": reason})
     return web.json_response({"status": "ready"})
 
 
@@ -147,4 +159,8 @@ async def openapi(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[keys.METRICS]
     registry.users.set(await request.app[keys.STORE].count_users())
-    return registry.exposition()
+    # Litestream's own series follow the service's: its port stays on loopback (it also serves
+    # Go's pprof pages), so this is how Fly's Prometheus gets them. No answer: the service's series
+    # alone, and hello_litestream_metrics_failures_total counts it.
+    litestream = request.app[keys.LITESTREAM]
+    return registry.exposition(await litestream.text() if litestream is not None else None)

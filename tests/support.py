@@ -1,9 +1,14 @@
 """Helpers for tests that run real processes: free loopback ports, waiting for HTTP."""
 
+import os
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+
+import pytest
 
 
 def free_port() -> int:
@@ -36,3 +41,33 @@ def wait_for_status(url: str, expected: int = 200, timeout: float = 30.0) -> Non
             return
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer {expected} within {timeout} s (last: {last})")
+
+
+class Tmpfs:
+    """A real, small file system (tmpfs) at ``path``, for disk-full tests; needs root.
+
+    ``grow`` resizes it in place (files stay), as `fly volumes extend` grows a volume under a running
+    Machine; ``unmount`` (also on teardown) takes it away with its files.
+    """
+
+    def __init__(self, path: Path, size: str) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+
+    def grow(self, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.path)
+        return stats.f_bavail * stats.f_frsize
+
+    def unmount(self) -> None:
+        # Lazy: a process of the test that still holds a file open must not make teardown fail.
+        subprocess.run(["umount", "--lazy", str(self.path)], check=False)
+
+
+def require_root_for_tmpfs() -> None:
+    """Skip, saying why, unless tmpfs can be mounted (root); CI runs as root, so it runs there."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs these tests as root)")

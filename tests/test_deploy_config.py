@@ -4,9 +4,9 @@
   ../shared/data/fly.schema.json beside the repository);
 - the Dockerfile is hadolint-clean and the GitHub workflows are valid workflows (check-jsonschema);
 - the config agreement drill: fly.toml, the Dockerfile, gunicorn.conf.py, litestream.yml and
-  service.settings.Config name the same ports (8080, 9091, 9090), the same /data paths, SIGTERM, and
-  a kill_timeout longer than gunicorn's graceful timeout plus Litestream's shutdown sync. A change to
-  one file that the others do not follow fails here, not in production.
+  service.settings.Config name the same ports (8080, 9091, and 9090 on loopback only), the same /data
+  paths, SIGTERM, and a kill_timeout longer than gunicorn's graceful timeout plus Litestream's
+  shutdown sync. A change to one file that the others do not follow fails here, not in production.
 """
 
 import json
@@ -200,21 +200,29 @@ def test_public_port_agrees(
 def test_metrics_ports_agree(fly: dict[str, Any], dockerfile: Dockerfile, litestream: dict[str, Any]) -> None:
     app_metrics, litestream_metrics = Config().metrics_port, 9090
     assert app_metrics == 9091
+    # One scrape: the service serves Litestream's series after its own (service/litestream.py).
     scraped = {(entry["port"], entry["path"]) for entry in fly["metrics"]}
-    assert scraped == {(app_metrics, "/metrics"), (litestream_metrics, "/metrics")}
+    assert scraped == {(app_metrics, "/metrics")}
+    routes = {route.resource.canonical for route in create_app(Config()).router.routes() if route.resource}
+    assert "/metrics" not in routes, "metrics belong on METRICS_PORT, never on the public port"
     env = fly["env"]
     runtime_env = dockerfile.final_stage().env()
     for settings in (env, runtime_env):
         assert settings["METRICS_PORT"] == str(app_metrics)
-        # 0.0.0.0 so that Fly's Prometheus reaches both over the private network.
+        # 0.0.0.0 so that Fly's Prometheus reaches it over the private network.
         assert settings["METRICS_HOST"] == "0.0.0.0"
-        assert settings["LITESTREAM_METRICS_ADDR"] == f"0.0.0.0:{litestream_metrics}"
+        # Loopback: Litestream's listener also serves Go's /debug/pprof/ and /debug/vars. The service
+        # accepts the address (it reads the metrics there) and would refuse one off the machine.
+        assert settings["LITESTREAM_METRICS_ADDR"] == f"127.0.0.1:{litestream_metrics}"
+        assert Config.from_env(settings).litestream_metrics_addr == f"127.0.0.1:{litestream_metrics}"
     # litestream.yml takes its metrics address from that variable.
     assert litestream["addr"] == "${LITESTREAM_METRICS_ADDR}"
-    exposed = " ".join(dockerfile.final_stage().all("EXPOSE")).split()
-    assert {str(app_metrics), str(litestream_metrics)} <= set(exposed)
+    exposed = set(" ".join(dockerfile.final_stage().all("EXPOSE")).split())
+    assert str(app_metrics) in exposed
+    assert str(litestream_metrics) not in exposed
     # Neither metrics port is the public one.
     assert fly["http_service"]["internal_port"] not in {app_metrics, litestream_metrics}
+    assert str(litestream_metrics) not in {str(entry["port"]) for entry in fly["metrics"]}
 
 
 def test_data_paths_agree(fly: dict[str, Any], dockerfile: Dockerfile, litestream: dict[str, Any]) -> None:
@@ -227,6 +235,12 @@ def test_data_paths_agree(fly: dict[str, Any], dockerfile: Dockerfile, litestrea
     assert database["path"] == "${DATABASE_PATH}"
     # The entrypoint hands DATA_DIR (the mount point) to the service user; the image makes it too.
     assert dockerfile.final_stage().env()["DATA_DIR"] == mount["destination"]
+    # The volume grows before it fills (a full disk refuses writes), from its initial size upwards.
+    assert 50 <= mount["auto_extend_size_threshold"] < 100
+    initial, limit = (
+        int(mount[key].lower().removesuffix("gb")) for key in ("initial_size", "auto_extend_size_limit")
+    )
+    assert limit > initial
     assert any("/data" in run and "chown" in run for run in dockerfile.final_stage().all("RUN"))
 
 

@@ -65,11 +65,30 @@ def test_values_are_read() -> None:
         ("BODY_TIMEOUT", "forever"),
         ("MAX_CONNECTIONS", "0"),
         ("MAX_CONNECTIONS", "1.5"),
+        ("DISK_FULL_RESUME_MB", "0"),
+        ("DISK_FULL_RESUME_MB", "1.5"),
+        ("LITESTREAM_METRICS_ADDR", "127.0.0.1"),
+        ("LITESTREAM_METRICS_ADDR", "127.0.0.1:http"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Config.from_env({name: value})
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9090", "127.0.0.2:9090", "localhost:9090", "[::1]:9090"])
+def test_litestream_metrics_address_on_loopback_is_accepted(address: str) -> None:
+    assert Config.from_env({"LITESTREAM_METRICS_ADDR": address}).litestream_metrics_addr == address
+    assert Config.from_env({}).litestream_metrics_addr == ""
+
+
+@pytest.mark.parametrize(
+    "address", ["0.0.0.0:9090", ":9090", "[::]:9090", "10.0.0.5:9090", "fly-local-6pn:9090"]
+)
+def test_litestream_metrics_address_off_the_machine_is_refused(address: str) -> None:
+    # Litestream's metrics port also serves Go's /debug/pprof/: it must not be reachable from elsewhere.
+    with pytest.raises(ConfigError, match="LITESTREAM_METRICS_ADDR.*loopback.*pprof"):
+        Config.from_env({"LITESTREAM_METRICS_ADDR": address})
 
 
 def test_metrics_port_must_differ_from_the_public_port() -> None:
