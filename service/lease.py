@@ -29,10 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.replica import FileReplica, ReplicaUnavailable, S3Replica, describe_client_error, is_server_error
+from service.replica import FileReplica, ReplicaUnavailable, S3Replica
 
 LEASE_OBJECT = "writer-lease.json"
 LEASE_FILE = "writer.lock"
+# What S3 answers a conditional write whose condition failed (412), or that raced another (409), or an
+# If-Match on an object that is gone (404).
+_CONDITION_FAILED = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
 
 
 class LeaseHeld(RuntimeError):
@@ -220,19 +223,13 @@ class S3Lease:
             self._etag = None
 
     def _read(self) -> _Seen | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            answer = self.replica.client.get_object(Bucket=self.replica.location.bucket, Key=self.key)
+            answer = self.replica.call("get_object", Bucket=self.replica.location.bucket, Key=self.key)
             body = answer["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+        except ReplicaUnavailable as exc:
+            if exc.status == 404:
                 return None
-            raise ReplicaUnavailable(
-                f"reading the lease: {describe_client_error(exc)}", is_server_error(exc)
-            ) from exc
-        except BotoCoreError as exc:
-            raise ReplicaUnavailable(f"reading the lease: {exc}", transient=True) from exc
+            raise
         try:
             document = json.loads(body)
         except ValueError:
@@ -256,8 +253,6 @@ class S3Lease:
         self, *, if_match: str | None = None, if_none_match: bool = False, released: bool = False
     ) -> bool:
         """A conditional PUT; False when the condition failed (someone else wrote first)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         document = {
             "holder": asdict(self.holder),
             "ttl_seconds": self.ttl,
@@ -266,27 +261,18 @@ class S3Lease:
         }
         condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if if_none_match else {}
         try:
-            answer = self.replica.client.put_object(
+            answer = self.replica.call(
+                "put_object",
                 Bucket=self.replica.location.bucket,
                 Key=self.key,
                 Body=json.dumps(document).encode(),
                 ContentType="application/json",
                 **condition,
             )
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            code = exc.response.get("Error", {}).get("Code")
-            if status in {404, 409, 412} or code in {
-                "PreconditionFailed",
-                "ConditionalRequestConflict",
-                "NoSuchKey",
-            }:
+        except ReplicaUnavailable as exc:
+            if exc.status in {404, 409, 412} or exc.code in _CONDITION_FAILED:
                 return False
-            raise ReplicaUnavailable(
-                f"writing the lease: {describe_client_error(exc)}", is_server_error(exc)
-            ) from exc
-        except BotoCoreError as exc:
-            raise ReplicaUnavailable(f"writing the lease: {exc}", transient=True) from exc
+            raise
         self._etag = answer["ETag"]
         return True
 

@@ -32,12 +32,15 @@ class ReplicaUnavailable(RuntimeError):
     """The replica could not be read or written: unreachable, refused, or misconfigured.
 
     ``transient`` says whether trying again may help: no answer, or a server error (5xx). A refusal
-    (wrong credentials, no such bucket) is not transient.
+    (wrong credentials, no such bucket) is not transient. ``status`` and ``code`` are the store's
+    answer (HTTP status, S3 error code) when there was one.
     """
 
-    def __init__(self, message: str, transient: bool) -> None:
+    def __init__(self, message: str, transient: bool, status: int = 0, code: str = "") -> None:
         super().__init__(message)
         self.transient = transient
+        self.status = status
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -179,7 +182,7 @@ class S3Replica:
 
     def file_checksum(self, ltx: LtxFile) -> bytes:
         first = ltx.size - FILE_CHECKSUM_BYTES
-        answer = self._call(
+        answer = self.call(
             "get_object",
             Bucket=self.location.bucket,
             Key=self.key(f"{_S3_LEVEL0}/{ltx.name}"),
@@ -192,35 +195,27 @@ class S3Replica:
         items: list[dict[str, Any]] = []
         token: dict[str, str] = {}
         while True:
-            page = self._call("list_objects_v2", Bucket=self.location.bucket, Prefix=prefix, **token)
+            page = self.call("list_objects_v2", Bucket=self.location.bucket, Prefix=prefix, **token)
             items.extend(page.get("Contents", []))
             if not page.get("IsTruncated"):
                 return items
             token = {"ContinuationToken": page["NextContinuationToken"]}
 
-    def _call(self, operation: str, **kwargs: Any) -> Any:
+    def call(self, operation: str, **kwargs: Any) -> Any:
+        """One boto3 S3 call on this replica's client; any failure as ``ReplicaUnavailable``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return getattr(self.client, operation)(**kwargs)
         except ClientError as exc:
+            error = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            code = str(error.get("Code") or status)
             raise ReplicaUnavailable(
-                f"{operation}: {describe_client_error(exc)}", is_server_error(exc)
+                f"{operation}: {code}: {error.get('Message') or exc}", status >= 500, status, code
             ) from exc
         except BotoCoreError as exc:
             raise ReplicaUnavailable(f"{operation}: {exc}", transient=True) from exc
-
-
-def describe_client_error(exc: Any) -> str:
-    """An S3 error as its code and message, e.g. 'InvalidAccessKeyId: The AWS Access Key Id ...'."""
-    error = exc.response.get("Error", {})
-    code = error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return f"{code}: {error.get('Message') or exc}"
-
-
-def is_server_error(exc: Any) -> bool:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-    return int(status) >= 500
 
 
 def parse_s3_url(url: str) -> S3Location:

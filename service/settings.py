@@ -115,6 +115,13 @@ def _count(env: Mapping[str, str], name: str, default: int, lowest: int, highest
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    return seconds_setting(env, name, default)
+
+
+def seconds_setting(
+    env: Mapping[str, str], name: str, default: float, lowest: float | None = None, highest: float = 3600
+) -> float:
+    """A number of seconds: above 0 (or from ``lowest``) and at most ``highest``; the default if unset."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -122,8 +129,13 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 < value <= 3600:
-        raise ConfigError(f"{name} must be a number of seconds above 0 and at most 3600, not {raw!r}")
+    if lowest is None:
+        if not 0 < value <= highest:
+            raise ConfigError(
+                f"{name} must be a number of seconds above 0 and at most {highest:g}, not {raw!r}"
+            )
+    elif not lowest <= value <= highest:
+        raise ConfigError(f"{name} must be a number of seconds from {lowest:g} to {highest:g}, not {raw!r}")
     return value
 
 

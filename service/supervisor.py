@@ -61,7 +61,7 @@ from service.lineage import Placement, Standing, place, set_aside, state_dir
 from service.logs import configure_logging
 from service.parent_death import die_with_parent
 from service.replica import FileReplica, ReplicaUnavailable, S3Replica, open_replica
-from service.settings import Config, ConfigError
+from service.settings import Config, ConfigError, seconds_setting
 
 log = logging.getLogger("service.supervisor")
 
@@ -114,24 +114,11 @@ class StackSettings:
             litestream_config=root / "litestream.yml",
             gunicorn_config=root / "gunicorn.conf.py",
             litestream_socket=Path(socket_path),
-            restore_timeout=_seconds(environ, "RESTORE_TIMEOUT", 300, 1, 3600),
-            ready_timeout=_seconds(environ, "LITESTREAM_READY_TIMEOUT", 30, 1, 3600),
-            lease_ttl=_seconds(environ, "WRITER_LEASE_TTL", 30, 3, 600),
+            restore_timeout=seconds_setting(environ, "RESTORE_TIMEOUT", 300, 1),
+            ready_timeout=seconds_setting(environ, "LITESTREAM_READY_TIMEOUT", 30, 1),
+            lease_ttl=seconds_setting(environ, "WRITER_LEASE_TTL", 30, 3, 600),
             runtime_dir=Path(environ.get("TMPDIR") or "/tmp"),
         )
-
-
-def _seconds(environ: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g}, not {raw!r}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
