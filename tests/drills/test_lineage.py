@@ -106,9 +106,11 @@ def test_old_volume_coming_back_serves_and_keeps_the_newest_state(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["s3", "file"])
 def test_diverged_volume_coming_back_loses_nothing_from_either_machine(
-    s3_server: S3Server, stack_factory: StackFactory, replica_url: str, tmp_path: Path
+    kind: str, s3_server: S3Server, stack_factory: StackFactory, tmp_path: Path
 ) -> None:
+    replica_url = _replica(kind, s3_server, tmp_path, "diverged")
     volume_a, volume_b = tmp_path / "a", tmp_path / "b"
     # Another machine may take the writer lease once the dead one's has lapsed: a short lease keeps
     # the drill short (the default is 30 s).
@@ -146,6 +148,7 @@ def test_diverged_volume_coming_back_loses_nothing_from_either_machine(
     reapplied = re.search(r"re-applied (\d+) of the (\d+) rows", logs)
     record_figures(
         "diverged-volume",
+        replica=kind,
         acknowledged_by_a=len(written_by_a),
         not_in_replica_when_a_died=len(unsynced),
         acknowledged_by_b=len(written_by_b),
