@@ -46,7 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from service.db import SchemaTooNew, migrate, reapply_newer_rows
+from service.db import DatabaseError, SchemaTooNew, migrate, reapply_newer_rows
 from service.lease import (
     FileLock,
     Holder,
@@ -278,7 +278,15 @@ class Supervisor:
             log.warning(f"{stop} during start-up: stopping before serving")
             self._abandon(children, lease)
             return 1
-        except (BootError, LeaseHeld, ReplicaUnavailable, ConfigError, SchemaTooNew) as exc:
+        except (
+            BootError,
+            LeaseHeld,
+            ReplicaUnavailable,
+            ConfigError,
+            SchemaTooNew,
+            DatabaseError,
+            OSError,
+        ) as exc:
             log.error(f"not starting: {exc}")
             self._abandon(children, lease)
             return 1
