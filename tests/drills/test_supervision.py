@@ -181,3 +181,27 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in {"Z", "X"}
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.slow
+def test_sighup_to_the_entrypoint_reloads_gunicorn_without_failing_a_request(
+    stack_factory: StackFactory, replica_url: str, tmp_path: Path
+) -> None:
+    stack = stack_factory(tmp_path / "data", replica_url=replica_url)
+    (gunicorn,) = [pid for pid, command in child_pids(stack.process.pid).items() if "gunicorn" in command]
+    (old_worker,) = list(child_pids(gunicorn))
+    with WriteLoad(stack.base_url, threads=2, pause=0.01, max_requests=2000, max_seconds=8) as load:
+        time.sleep(1.0)
+        stack.process.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: old_worker not in child_pids(gunicorn), timeout=30, what="the old worker did not go"
+        )
+        time.sleep(1.0)
+    workers = list(child_pids(gunicorn))
+    alive = stack.process.poll() is None
+    assert stack.terminate() == 0, stack.logs()
+    record_figures(
+        "sighup-entrypoint", acknowledged=len(load.acknowledged), failed=load.failures, workers=len(workers)
+    )
+    assert alive and len(workers) == 1 and workers[0] != old_worker
+    assert load.failures == 0 and len(load.acknowledged) > 50
