@@ -184,6 +184,19 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
         elif self._head_timer is None and not self._request_in_progress and not self._messages:
             self._start_head_timer()  # the first bytes of a new head, after a keep-alive pause
 
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """Close a connection that has no request to finish at once, then shut down as aiohttp does.
+
+        A connection accepted in the last moment before the listener closed can reach this with its
+        request's bytes still on the way: from now on aiohttp reads nothing more from it, so without
+        this it would hold the worker for the whole graceful timeout (seen under write load: a 10 s
+        stop instead of 1 s). Its client gets a closed connection with nothing done, as for any
+        request the server did not read.
+        """
+        if not self._request_in_progress and not self._messages:
+            self.force_close()
+        await super().shutdown(timeout)
+
     def _start_head_timer(self) -> None:
         self._requests_at_head_start = self._request_count
         self._head_timer = self._loop.call_later(self._guard.header_timeout, self._head_timed_out)
