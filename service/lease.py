@@ -227,7 +227,7 @@ class S3Lease:
             answer = self.replica.call("get_object", Bucket=self.replica.location.bucket, Key=self.key)
             body = answer["Body"].read()
         except ReplicaUnavailable as exc:
-            if exc.status == 404:
+            if exc.code == "NoSuchKey":  # not NoSuchBucket, also a 404: that one is a refusal
                 return None
             raise
         try:
@@ -270,7 +270,7 @@ class S3Lease:
                 **condition,
             )
         except ReplicaUnavailable as exc:
-            if exc.status in {404, 409, 412} or exc.code in _CONDITION_FAILED:
+            if exc.status in {409, 412} or exc.code in _CONDITION_FAILED:
                 return False
             raise
         self._etag = answer["ETag"]
