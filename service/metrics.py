@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -116,6 +116,9 @@ class Metrics:
             ("operation",),
         )
         self.registry.register(_RequestCollector(self))
+        # hello_process_start_time_seconds, _resident_memory_bytes, _open_fds...: read from /proc at each
+        # scrape. Prefixed, because Litestream's series that follow ours carry its own process_*.
+        ProcessCollector(namespace="hello", registry=self.registry)
         self.users = Gauge(
             "hello_users_stored",
             "Users in the database, counted when scraped.",

@@ -1,7 +1,9 @@
 """Prometheus metrics on their own port, over real HTTP."""
 
+import os
 import re
 
+import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient
 
@@ -46,3 +48,17 @@ async def test_requests_database_latency_and_users_are_counted(client: Client) -
     assert "hello_users_stored 3.0" in text
     # The raw path never becomes a label: label values stay few.
     assert "/hello/Amy" not in text
+
+
+async def test_process_start_time_is_this_process(client: Client) -> None:
+    """hello_process_start_time_seconds (the restart alert's input) is this process's start, from /proc."""
+    text = await scrape(client)
+    match = re.search(r"^hello_process_start_time_seconds ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match is not None, text
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/self/stat") as stat:
+        started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as proc_stat:
+        boot = next(int(line.split()[1]) for line in proc_stat if line.startswith("btime "))
+    assert float(match.group(1)) == pytest.approx(boot + started_ticks / ticks, abs=0.02)
+    assert re.search(r"^hello_process_resident_memory_bytes [1-9]", text, re.MULTILINE), text
