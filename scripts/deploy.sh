@@ -2,6 +2,7 @@
 # Deploy to Fly.io with a safety net: preflight, rolling deploy, smoke check, automatic roll back.
 #
 #   scripts/deploy.sh [--app NAME] [--config fly.toml] [--url https://NAME.fly.dev] [--skip-tests]
+#                     [--image REF]
 #
 # 1. Preflight: `make test` (unless --skip-tests, for CI where the test job already ran), `fly config
 #    validate`, and the secrets the service cannot start without (REPLICA_URL, AWS_ACCESS_KEY_ID,
@@ -9,11 +10,12 @@
 #    destroyed in `fly machine list` (one SQLite writer per replica path; a stopped Machine counts).
 #    Any failure stops before deploying.
 # 2. Remember the image now running (the newest complete release in `fly releases --json`).
-# 3. `fly deploy --strategy rolling --ha=false`: the Machine stops, starts on the new image with the
-#    same volume, and flyctl waits for the /readyz service check. --ha=false: a first deploy creates
-#    one Machine, never a second "for availability".
-# 4. Smoke check through the public URL: /readyz answers 200, and a PUT then GET of /hello/<user>
-#    round-trips.
+# 3. `fly deploy --strategy rolling --ha=false`, of --image REF when given (the pipeline builds one
+#    image and deploys it to staging, then to production), else built from this checkout: the Machine
+#    stops, starts on the new image with the same volume, and flyctl waits for the /readyz service
+#    check. --ha=false: a first deploy creates one Machine, never a second "for availability".
+# 4. Smoke and contract check through the public URL (scripts/smoke_check.py): /readyz answers 200,
+#    PUT 204, GET greeting, 404 for an unknown user, 400 for a bad name and for a future date.
 # 5. If the deploy or the smoke check fails: `fly deploy --image <previous>`, check /readyz again,
 #    and exit 1 either way so that CI shows red.
 #
@@ -30,6 +32,7 @@ app="${FLY_APP:-}"
 config="fly.toml"
 url="${SMOKE_URL:-}"
 run_tests=1
+image=""
 fly="${FLY:-fly}"
 make_cmd="${MAKE:-make}"
 attempts="${SMOKE_ATTEMPTS:-30}"
@@ -55,6 +58,7 @@ while [[ $# -gt 0 ]]; do
         --config) config="${2:?--config needs a path}"; shift 2 ;;
         --url) url="${2:?--url needs a URL}"; shift 2 ;;
         --skip-tests) run_tests=0; shift ;;
+        --image) image="${2:?--image needs an image reference}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -73,8 +77,8 @@ url="${url:-https://$app.fly.dev}"
 url="${url%/}"
 fly_app=(--app "$app" --config "$config")
 
-# Succeeds when /readyz answers 200 within the attempts, then when a PUT and a GET of the smoke user
-# round-trip (scripts/smoke_check.py).
+# Succeeds when /readyz answers 200 within the attempts, then when every contract case holds
+# (scripts/smoke_check.py).
 smoke_check() {
     python3 scripts/smoke_check.py "$1" "$SMOKE_USER" "$attempts" "$interval"
 }
@@ -130,8 +134,13 @@ previous="$(fly_checks current-image <<<"$releases_json")" || die "cannot read t
 log "running now: ${previous:-nothing (first deploy)}"
 
 # 3. Deploy.
-log "deploying $app (rolling)"
-if ! "$fly" deploy "${fly_app[@]}" --strategy rolling --ha=false --remote-only; then
+if [[ -n "$image" ]]; then
+    source_args=(--image "$image")
+else
+    source_args=(--remote-only)
+fi
+log "deploying $app (rolling): ${image:-built from this checkout}"
+if ! "$fly" deploy "${fly_app[@]}" --strategy rolling --ha=false "${source_args[@]}"; then
     roll_back "$previous" "fly deploy failed"
 fi
 deployed="$("$fly" releases "${fly_app[@]}" --json | fly_checks current-image || true)"

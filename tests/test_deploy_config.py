@@ -249,7 +249,7 @@ def test_dockerfile_is_hadolint_clean() -> None:
 
 
 def test_github_workflows_are_valid() -> None:
-    assert {path.name for path in WORKFLOWS} >= {"test.yml", "deploy.yml"}
+    assert {path.name for path in WORKFLOWS} >= {"test.yml", "deploy.yml", "verify-backup.yml"}
     result = subprocess.run(
         [_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
         capture_output=True,
@@ -260,17 +260,57 @@ def test_github_workflows_are_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_deploy_workflow_tests_first_and_deploys_one_at_a_time() -> None:
+def test_deploy_workflow_tests_builds_once_then_staging_then_approved_production() -> None:
     deploy = yaml.safe_load((ROOT / ".github" / "workflows" / "deploy.yml").read_text())
     # PyYAML reads the key `on` as True.
     assert deploy[True]["push"]["branches"] == ["main"]
+    # One pipeline at a time, for staging and production alike, never cancelled halfway.
     assert deploy["concurrency"]["cancel-in-progress"] is False
-    assert deploy["jobs"]["deploy"]["needs"] == "test"
-    steps = deploy["jobs"]["deploy"]["steps"]
-    assert any(str(step.get("uses", "")).startswith("superfly/flyctl-actions/setup-flyctl") for step in steps)
-    runs = [step for step in steps if "scripts/deploy.sh" in str(step.get("run", ""))]
-    assert len(runs) == 1
-    assert runs[0]["env"]["FLY_API_TOKEN"] == "${{ secrets.FLY_API_TOKEN }}"
+    jobs = deploy["jobs"]
+    assert jobs["test"]["uses"] == "./.github/workflows/test.yml"
+    assert jobs["build"]["needs"] == "test"
+    assert jobs["staging"]["needs"] == "build"
+    assert set(jobs["production"]["needs"]) == {"build", "staging"}
+    assert jobs["staging"]["environment"]["name"] == "staging"
+    assert jobs["production"]["environment"]["name"] == "production"
+    assert "environment" not in jobs["build"]
+
+    (build,) = [step for step in jobs["build"]["steps"] if step.get("id") == "build"]
+    assert "--build-only --push" in build["run"] and "--image-label" in build["run"]
+    for name, environment in (("staging", "staging"), ("production", "production")):
+        steps = jobs[name]["steps"]
+        assert any(
+            str(step.get("uses", "")).startswith("superfly/flyctl-actions/setup-flyctl") for step in steps
+        )
+        (run,) = [step for step in steps if "scripts/deploy.sh" in str(step.get("run", ""))]
+        # The image built once, never a second build: deploy.sh gets --image, and no test rerun.
+        assert '--image "$IMAGE"' in run["run"] and "--skip-tests" in run["run"]
+        assert run["env"]["IMAGE"] == "${{ needs.build.outputs.image }}"
+        assert run["env"]["FLY_API_TOKEN"] == "${{ secrets.FLY_API_TOKEN }}"
+        (names,) = [step for step in steps if step.get("id") == "names"]
+        assert f"app-name {environment}" in names["run"]
+
+
+def test_backup_verification_runs_daily_without_waiting_for_an_approval() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "verify-backup.yml").read_text())
+    (schedule,) = workflow[True]["schedule"]
+    minute, hour, *every_day = schedule["cron"].split()
+    assert every_day == ["*", "*", "*"] and minute.isdigit() and hour.isdigit()
+    (job,) = workflow["jobs"].values()
+    # The production environment's reviewers would hold a scheduled run: repository secrets instead.
+    assert "environment" not in job
+    (run,) = [step for step in job["steps"] if "scripts/verify-backup.sh" in str(step.get("run", ""))]
+    assert "--url" in run["run"]
+    assert run["env"]["REPLICA_URL"] == "${{ secrets.BACKUP_REPLICA_URL }}"
+    assert run["env"]["HEARTBEAT_URL"] == "${{ secrets.BACKUP_HEARTBEAT_URL }}"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(run["env"])
+
+
+def test_litestream_heartbeat_is_an_optional_setting(litestream: dict[str, Any]) -> None:
+    # Unset, Litestream expands it to "" and an empty heartbeat-url turns the heartbeat off (every
+    # drill runs the stack so); tests/drills/test_verify_backup.py shows it pinging when set.
+    assert litestream["heartbeat-url"] == "${LITESTREAM_HEARTBEAT_URL}"
+    assert "LITESTREAM_HEARTBEAT_URL" not in tomllib.loads((ROOT / "fly.toml").read_text())["env"]
 
 
 # --- The config agreement drill ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -156,7 +157,11 @@ class Stage:
 
 
 def _serve(image_file: Path, new_image_is_good: list[bool]) -> ThreadingHTTPServer:
-    """The service as the smoke check sees it: healthy on OLD_IMAGE, on NEW_IMAGE only if good."""
+    """The service as the smoke check sees it: healthy on OLD_IMAGE, on NEW_IMAGE only if good.
+
+    It keeps the API's contract as far as the smoke check looks (names of letters, past dates, 404 and
+    400 as problem documents); tests/test_smoke_check.py runs the same check against the real service.
+    """
     stored: dict[str, str] = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -166,23 +171,40 @@ def _serve(image_file: Path, new_image_is_good: list[bool]) -> ThreadingHTTPServ
         def _answer(self, status: int, document: object | None = None) -> None:
             body = json.dumps(document).encode() if document is not None else b""
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            kind = "application/problem+json" if status >= 400 else "application/json"
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
+        def _name(self) -> str | None:
+            name = self.path.removeprefix("/hello/")
+            if name.isascii() and name.isalpha():
+                return name
+            self._answer(400, {"title": "Bad Request", "status": 400})
+            return None
+
         def do_GET(self) -> None:
             if self.path == "/readyz":
                 self._answer(200 if self._good() else 503, {"status": "ready" if self._good() else "no"})
-            elif self.path.startswith("/hello/") and self.path[7:] in stored:
-                self._answer(200, {"message": f"Hello, {self.path[7:]}! Your birthday is in 99 day(s)"})
+            elif not self.path.startswith("/hello/"):
+                self._answer(404, {"title": "Not Found", "status": 404})
+            elif (name := self._name()) is None:
+                return
+            elif name in stored:
+                self._answer(200, {"message": f"Hello, {name}! Your birthday is in 99 day(s)"})
             else:
-                self._answer(404, {"title": "Not Found"})
+                self._answer(404, {"title": "Not Found", "status": 404})
 
         def do_PUT(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             document = json.loads(self.rfile.read(length))
-            stored[self.path[7:]] = document["dateOfBirth"]
+            if (name := self._name()) is None:
+                return
+            if document["dateOfBirth"] >= date.today().isoformat():
+                self._answer(400, {"title": "Bad Request", "status": 400})
+                return
+            stored[name] = document["dateOfBirth"]
             self._answer(204)
 
         def log_message(self, format: str, *args: object) -> None:
@@ -342,3 +364,24 @@ def test_every_fly_deploy_asks_for_one_machine_only(stage: Stage) -> None:
     deploys = stage.deploys()
     assert len(deploys) == 2
     assert all("--ha=false" in deploy for deploy in deploys), deploys
+
+
+def test_a_given_image_is_deployed_as_it_is_without_a_build(stage: Stage) -> None:
+    stage.new_image_is_good[0] = True
+    result = stage.run("--skip-tests", "--image", NEW_IMAGE)
+
+    assert result.returncode == 0, result.stderr
+    (deploy,) = stage.deploys()
+    assert deploy[deploy.index("--image") + 1] == NEW_IMAGE
+    assert "--remote-only" not in deploy
+    assert stage.running_image() == NEW_IMAGE
+    assert "smoke: ok   GET /hello/Bad1Name -> 400" in result.stderr
+
+
+def test_a_given_image_that_fails_the_contract_is_rolled_back(stage: Stage) -> None:
+    result = stage.run("--skip-tests", "--image", NEW_IMAGE)
+
+    assert result.returncode != 0
+    images = [d[d.index("--image") + 1] for d in stage.deploys()]
+    assert images == [NEW_IMAGE, OLD_IMAGE]
+    assert stage.running_image() == OLD_IMAGE
