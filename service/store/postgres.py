@@ -65,11 +65,25 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# A pooled connection that was lost while idle: it fails at once, before anything reaches the server.
+_STALE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.InterfaceError,
+)
+
+
 def _server_settings(statement_timeout: float | None) -> dict[str, str]:
     settings = {"application_name": _APPLICATION_NAME, "timezone": "UTC"}
     if statement_timeout is not None:
         settings["statement_timeout"] = str(max(1, round(statement_timeout * 1000)))
     return settings
+
+
+async def _keep_session(conn: Any) -> None:
+    """Given back to the pool as it is: the store never changes a session's state (no SET, no LISTEN,
+    no transaction left open), and a connection whose operation failed is closed instead. This saves
+    the pool's default reset, a round trip to the server on every request."""
 
 
 async def _connect(settings: PostgresSettings, what: str) -> Any:
@@ -151,11 +165,14 @@ class PostgresStore:
         try:
             pool = await asyncpg.create_pool(
                 settings.url,
-                min_size=1,
+                # Connections are made when requests need them, so nothing reconnects in the
+                # background (and logs) while the database is down.
+                min_size=0,
                 max_size=settings.pool_size,
                 timeout=settings.connect_timeout,
                 command_timeout=settings.statement_timeout,
                 server_settings=_server_settings(settings.statement_timeout),
+                reset=_keep_session,
             )
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"PostgreSQL at {settings.safe_url} is unavailable: {exc}") from exc
@@ -208,11 +225,27 @@ class PostgresStore:
         budget = self._settings.statement_timeout
         try:
             async with asyncio.timeout(budget):
-                async with self._pool.acquire() as conn:
-                    result = await action(conn)
+                for attempt in (1, 2):
+                    conn = await self._pool.acquire()
+                    try:
+                        result = await action(conn)
+                    except BaseException as exc:
+                        # Failed, refused or cut short by the budget: the connection may be
+                        # mid-protocol and its server may not answer. Closing it is instant; a reset
+                        # could wait for ever.
+                        conn.terminate()
+                        await self._pool.release(conn)
+                        # A pooled connection the server dropped while it sat idle (a restart) fails
+                        # before the statement is sent: once more on a new connection. Safe for a
+                        # read and for the upsert alike, which sets the same values again.
+                        if attempt == 1 and isinstance(exc, _STALE):
+                            continue
+                        raise
+                    await self._pool.release(conn)
+                    break
         except TimeoutError as exc:
             raise self._unavailable(f"PostgreSQL did not answer within {budget:g} s") from exc
-        except UNAVAILABLE as exc:
+        except (*UNAVAILABLE, *_STALE) as exc:
             raise self._unavailable(f"PostgreSQL is unavailable: {exc}") from exc
         finally:
             self._busy -= 1
