@@ -1,21 +1,23 @@
 """``python -m service``: the development server (aiohttp's own runner, one process).
 
-``python -m service migrate`` applies the migrations to ``DATABASE_PATH`` and exits.
+``python -m service migrate`` applies the migrations to ``DATABASE_PATH`` (or, when ``DATABASE_URL`` is
+set, to that PostgreSQL database, under an advisory lock) and exits.
 
 ``python -m service supervise ROOT`` runs the production stack (scripts/start.sh execs it; ROOT is the
 folder with litestream.yml and gunicorn.conf.py): the boot checks, then Litestream and gunicorn side
 by side (``service/supervisor.py``).
 """
 
+import asyncio
 import logging
 import sys
 from pathlib import Path
 
 from service.app import create_app
-from service.db import SchemaTooNew, migrate
 from service.logs import configure_logging
 from service.server import exit_if_threads_linger, run
 from service.settings import Config, ConfigError
+from service.store import SchemaTooNew, StoreUnavailable, migrate_store
 
 log = logging.getLogger("service")
 
@@ -37,10 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(config.logging_level)
     if args == ["migrate"]:
         try:
-            version = migrate(config.database_path)
+            where, version = asyncio.run(migrate_store(config))
         except SchemaTooNew as exc:
             sys.exit(f"refusing to start: {exc}")
-        log.info("database ready", extra={"database": str(config.database_path), "version": version})
+        except StoreUnavailable as exc:
+            sys.exit(f"cannot migrate: {exc}")
+        log.info("database ready", extra={"database": where, "version": version})
         return
     if args:
         sys.exit(USAGE)

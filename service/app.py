@@ -8,7 +8,6 @@ from datetime import date, datetime
 from aiohttp import web
 
 from service import __version__, keys, views
-from service.db import SQLITE_VERSION, UserStore
 from service.diskfull import DiskGuard
 from service.guard import WriteGuard
 from service.litestream import LitestreamMetrics
@@ -16,6 +15,7 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middlewares import observe
 from service.settings import Config
+from service.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +83,13 @@ async def _write_guard(app: web.Application) -> AsyncIterator[None]:
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
     config = app[keys.CONFIG]
-    store = await UserStore.open(config.database_path, observe=app[keys.METRICS].observe_db)
+    store = await open_store(config, observe=app[keys.METRICS].observe_db)
     app[keys.STORE] = store
-    log.info(
-        "started",
-        extra={
-            "version": __version__,
-            "sqlite_version": SQLITE_VERSION,
-            "database": str(config.database_path),
-            "timezone": config.timezone,
-        },
-    )
+    about = store.describe()
+    log.info("started", extra={"version": __version__, **about, "timezone": config.timezone})
     yield
     await store.close()
-    log.info("database closed", extra={"database": str(config.database_path)})
+    log.info("database closed", extra={"database": about["database"]})
 
 
 async def _metrics_server(app: web.Application) -> AsyncIterator[None]:

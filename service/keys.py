@@ -7,12 +7,12 @@ from datetime import date
 
 from aiohttp import web
 
-from service.db import UserStore
 from service.diskfull import DiskGuard
 from service.guard import WriteGuard
 from service.litestream import LitestreamMetrics
 from service.metrics import Metrics
 from service.settings import Config
+from service.store import Store
 
 
 @dataclass
@@ -28,7 +28,7 @@ class State:
 
 
 CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", UserStore)
+STORE: web.AppKey[Store] = web.AppKey("store")
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", State)
 GUARD = web.AppKey("guard", WriteGuard)

@@ -63,6 +63,8 @@ OPENAPI_DOCUMENT: dict[str, Any] = {
                     },
                     "400": _PROBLEM,
                     "404": _PROBLEM,
+                    # PostgreSQL profile: the database is down or restarting (Retry-After).
+                    "503": _PROBLEM,
                 },
             },
         },

@@ -6,13 +6,36 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class ConfigError(ValueError):
     """A setting with a value the service cannot run with; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresSettings:
+    """The PostgreSQL profile's settings (``DATABASE_URL`` and its companions)."""
+
+    url: str
+    pool_size: int = 10
+    # Every statement, and every wait for a connection, ends within these; a request that needs the
+    # database answers 503 rather than waiting for the client's own timeout.
+    statement_timeout: float = 2.0
+    connect_timeout: float = 2.0
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for logs."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +65,12 @@ class Config:
     litestream_metrics_addr: str = ""
     # After a full disk, writes resume only once this much is free again (MiB).
     disk_full_resume_mb: int = 64
+    # The PostgreSQL profile: set DATABASE_URL=postgresql://... and the store is PostgreSQL instead of
+    # the SQLite file at database_path (which is then unused). TLS through the URL's sslmode.
+    database_url: str = ""
+    database_pool_size: int = 10
+    database_statement_timeout: float = 2.0
+    database_connect_timeout: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -68,10 +97,29 @@ class Config:
             disk_full_resume_mb=_count(
                 env, "DISK_FULL_RESUME_MB", defaults.disk_full_resume_mb, 1, 1_048_576
             ),
+            database_url=_database_url(env, "DATABASE_URL"),
+            database_pool_size=_count(env, "DATABASE_POOL_SIZE", defaults.database_pool_size, 1, 1000),
+            database_statement_timeout=seconds_setting(
+                env, "DATABASE_STATEMENT_TIMEOUT", defaults.database_statement_timeout, 0.05, 600
+            ),
+            database_connect_timeout=seconds_setting(
+                env, "DATABASE_CONNECT_TIMEOUT", defaults.database_connect_timeout, 0.05, 600
+            ),
         )
         if config.port == config.metrics_port and config.port != 0:
             raise ConfigError(f"METRICS_PORT must differ from PORT (both are {config.port})")
         return config
+
+    @property
+    def postgres(self) -> PostgresSettings:
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL is not set: the store is the SQLite file at DATABASE_PATH")
+        return PostgresSettings(
+            url=self.database_url,
+            pool_size=self.database_pool_size,
+            statement_timeout=self.database_statement_timeout,
+            connect_timeout=self.database_connect_timeout,
+        )
 
     @property
     def zone(self) -> ZoneInfo:
@@ -174,4 +222,25 @@ def _loopback_address(env: Mapping[str, str], name: str, default: str) -> str:
             "listener also serves Go's /debug/pprof/ and /debug/vars, and Litestream's metrics reach "
             "Prometheus through the service's METRICS_PORT instead"
         )
+    return raw
+
+
+def _database_url(env: Mapping[str, str], name: str) -> str:
+    """Empty (the SQLite profile), or a postgresql:// URL whose sslmode, if given, is one libpq knows."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    shown = PostgresSettings(raw).safe_url
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"{name} must be a postgresql:// URL (postgresql://user:password@host:5432/database), "
+            f"not {shown!r}; leave it unset for the SQLite file at DATABASE_PATH"
+        )
+    query = parse_qs(parts.query)
+    if not parts.hostname and "host" not in query:
+        raise ConfigError(f"{name} must name a host: postgresql://user:password@host:5432/database")
+    for mode in query.get("sslmode", []):
+        if mode not in _SSL_MODES:
+            raise ConfigError(f"{name}'s sslmode must be one of {', '.join(_SSL_MODES)}, not {mode!r}")
     return raw

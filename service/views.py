@@ -1,6 +1,7 @@
 """HTTP handlers: parse and check the request, ask the store, shape the answer. No SQL here."""
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -9,7 +10,6 @@ from aiohttp import web
 
 from service import keys
 from service.birthdays import InvalidDateOfBirth, greeting, is_valid_username, parse_date_of_birth
-from service.db import DatabaseError, NotMigrated
 from service.openapi import OPENAPI_DOCUMENT
 from service.problems import (
     ClientClosedRequest,
@@ -19,6 +19,7 @@ from service.problems import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from service.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ async def _read_body(request: web.Request) -> bytes:
         raise InvalidInput(f"the body could not be read: {exc}") from None
 
 
+def _database_unavailable(exc: StoreUnavailable, outcome: str) -> ServiceUnavailable:
+    # The store logs when an outage starts and ends; each refused request is in the access log.
+    return ServiceUnavailable(f"the database is not answering; {outcome}, retry later", headers=_RETRY_LATER)
+
+
 def _check_writable(request: web.Request) -> None:
     reason = request.app[keys.GUARD].refusal()
     if reason is not None:
@@ -107,7 +113,10 @@ async def put_hello(request: web.Request) -> web.Response:
     disk.check()  # 507 at once while the disk is full (service/diskfull.py)
     try:
         await request.app[keys.STORE].upsert_birthday(username, born)
-    except DatabaseError as exc:
+    except StoreUnavailable as exc:
+        raise _database_unavailable(exc, "nothing was written") from None
+    except Exception as exc:
+        # A full disk (SQLite's) is the disk guard's to answer; anything else is a server fault.
         if (problem := disk.failed(exc)) is not None:
             raise problem from None
         raise
@@ -121,7 +130,10 @@ async def put_hello(request: web.Request) -> web.Response:
 
 async def get_hello(request: web.Request) -> web.Response:
     username = _username(request)
-    born = await request.app[keys.STORE].find_birthday(username)
+    try:
+        born = await request.app[keys.STORE].find_birthday(username)
+    except StoreUnavailable as exc:
+        raise _database_unavailable(exc, "nothing was read") from None
     if born is None:
         raise NotFound(f"no date of birth is stored for {username!r}; PUT one first")
     message = greeting(username, born, request.app[keys.CLOCK]())
@@ -142,7 +154,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(_READY_TIMEOUT_SECONDS):
             await request.app[keys.STORE].check_ready()
-    except (DatabaseError, NotMigrated, TimeoutError) as exc:
+    except Exception as exc:  # any failure to answer, whichever backend raised it, is "not ready"
         log.warning("not ready", extra={"reason": str(exc) or type(exc).__name__})
         raise ServiceUnavailable("the database is not answering or not migrated") from None
     # A full disk stays 200: reads still work, and with one Machine a failing check would take them
@@ -158,7 +170,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[keys.METRICS]
-    registry.users.set(await request.app[keys.STORE].count_users())
+    # Without the database the users gauge keeps its last value; the other series still answer.
+    with contextlib.suppress(StoreUnavailable):
+        registry.users.set(await request.app[keys.STORE].count_users())
     # Litestream's own series follow the service's: its port stays on loopback (it also serves
     # Go's pprof pages), so this is how Fly's Prometheus gets them. No answer: the service's series
     # alone, and hello_litestream_metrics_failures_total counts it.

@@ -1,6 +1,11 @@
-"""Shared fixtures: the application on a real SQLite file, spoken to over real HTTP."""
+"""Shared fixtures: the application on a real database, spoken to over real HTTP.
 
-from collections.abc import Callable
+``backend`` runs a test once on a real SQLite file and once on a real PostgreSQL server (started once
+per session by ``postgres_server``, with a fresh database for each test): the contract both profiles
+keep. The ``config`` and ``client`` fixtures here are SQLite's; contract tests override ``config``.
+"""
+
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -11,6 +16,9 @@ from pytest_aiohttp import AiohttpClient
 
 from service.app import create_app
 from service.settings import Config
+from tests.backends import Backend, PostgresBackend, SqliteBackend
+from tests.pg_server import PostgresServer
+from tests.pg_server import postgres_server as start_postgres_server
 
 # A fixed "today" for the API tests, so that answers can be checked by hand: 2026-11-22.
 TODAY = date(2026, 11, 22)
@@ -31,3 +39,18 @@ def config(database_path: Path) -> Config:
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient, config: Config) -> "TestClient[web.Request, web.Application]":
     return await aiohttp_client(create_app(config, clock=lambda: TODAY))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (skips, or fails in CI, where none is installed)."""
+    with start_postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, database_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return SqliteBackend(database_path)
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return PostgresBackend(server, server.create_database())

@@ -1,6 +1,6 @@
-"""The API through real HTTP on a real SQLite file: every row of the spec's decision table."""
+"""The API through real HTTP, on a real SQLite file and on a real PostgreSQL server: every row of the
+spec's decision table, with the same answers from both backends."""
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +9,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service import keys
+from service.settings import Config
+from tests.backends import Backend
 
 Client = TestClient[web.Request, web.Application]
 JSON = {"Content-Type": "application/json"}
@@ -30,9 +32,10 @@ async def assert_problem(response: Any, status: int, detail_has: str) -> dict[st
     return problem
 
 
-def stored_rows(database_path: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(database_path) as conn:
-        return conn.execute("SELECT username, date_of_birth FROM users ORDER BY username").fetchall()
+@pytest.fixture
+def config(backend: Backend, database_path: Path) -> Config:
+    """Every test here runs on both backends (``backend`` is parametrized in conftest.py)."""
+    return backend.configure(Config(host="127.0.0.1", port=0, database_path=database_path, metrics_port=0))
 
 
 async def test_put_then_get_counts_the_days(client: Client) -> None:
@@ -57,15 +60,15 @@ async def test_birthday_today_is_happy_birthday(client: Client) -> None:
     assert await response.json() == {"message": "Hello, Carol! Happy birthday!"}
 
 
-async def test_put_is_an_upsert(client: Client, database_path: Path) -> None:
+async def test_put_is_an_upsert(client: Client, backend: Backend) -> None:
     assert await put(client, "Dave", {"dateOfBirth": "1990-01-01"}) == 204
     assert await put(client, "Dave", {"dateOfBirth": "1991-11-30"}) == 204
     response = await client.get("/hello/Dave")
     assert await response.json() == {"message": "Hello, Dave! Your birthday is in 8 day(s)"}
-    assert stored_rows(database_path) == [("Dave", "1991-11-30")]
+    assert backend.rows() == [("Dave", "1991-11-30")]
 
 
-async def test_usernames_are_case_sensitive_and_echoed(client: Client, database_path: Path) -> None:
+async def test_usernames_are_case_sensitive_and_echoed(client: Client, backend: Backend) -> None:
     assert await put(client, "Alice", {"dateOfBirth": "1990-11-23"}) == 204
     assert await put(client, "alice", {"dateOfBirth": "1990-11-24"}) == 204
     first = await (await client.get("/hello/Alice")).json()
@@ -73,7 +76,7 @@ async def test_usernames_are_case_sensitive_and_echoed(client: Client, database_
     assert first == {"message": "Hello, Alice! Your birthday is in 1 day(s)"}
     assert second == {"message": "Hello, alice! Your birthday is in 2 day(s)"}
     assert (await client.get("/hello/ALICE")).status == 404
-    assert stored_rows(database_path) == [("Alice", "1990-11-23"), ("alice", "1990-11-24")]
+    assert backend.rows() == [("Alice", "1990-11-23"), ("alice", "1990-11-24")]
 
 
 async def test_unknown_user_is_404(client: Client) -> None:
@@ -89,13 +92,11 @@ async def test_longest_username_is_accepted(client: Client) -> None:
     "name",
     ["al1ce", "al-ice", "al%20ice", "%C3%A5lice", "x" * 65, "", "al.ice", "a/b", "%00", "Pr%0Aobe", "a%2Fb"],
 )
-async def test_malformed_username_is_400_on_put_and_get(
-    client: Client, name: str, database_path: Path
-) -> None:
+async def test_malformed_username_is_400_on_put_and_get(client: Client, name: str, backend: Backend) -> None:
     await assert_problem(await client.get(f"/hello/{name}"), 400, "ASCII letters")
     response = await client.put(f"/hello/{name}", json={"dateOfBirth": "1990-01-01"})
     await assert_problem(response, 400, "ASCII letters")
-    assert stored_rows(database_path) == []
+    assert backend.rows() == []
 
 
 @pytest.mark.parametrize(
@@ -118,30 +119,30 @@ async def test_malformed_username_is_400_on_put_and_get(
     ],
 )
 async def test_bad_date_of_birth_is_400_and_changes_nothing(
-    client: Client, database_path: Path, body: Any, detail: str
+    client: Client, backend: Backend, body: Any, detail: str
 ) -> None:
     assert await put(client, "Erin", {"dateOfBirth": "1990-06-01"}) == 204
     await assert_problem(await client.put("/hello/Erin", json=body), 400, detail)
-    assert stored_rows(database_path) == [("Erin", "1990-06-01")]
+    assert backend.rows() == [("Erin", "1990-06-01")]
 
 
-async def test_unknown_fields_are_ignored(client: Client, database_path: Path) -> None:
+async def test_unknown_fields_are_ignored(client: Client, backend: Backend) -> None:
     assert await put(client, "Fay", {"dateOfBirth": "1990-06-01", "nickname": "f"}) == 204
-    assert stored_rows(database_path) == [("Fay", "1990-06-01")]
+    assert backend.rows() == [("Fay", "1990-06-01")]
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"\xff\xfe", b"nope", b'{"dateOfBirth": "1990-01-01"'])
-async def test_invalid_json_is_400(client: Client, database_path: Path, body: bytes) -> None:
+async def test_invalid_json_is_400(client: Client, backend: Backend, body: bytes) -> None:
     response = await client.put("/hello/Gus", data=body, headers=JSON)
     await assert_problem(response, 400, "not valid JSON")
-    assert stored_rows(database_path) == []
+    assert backend.rows() == []
 
 
-async def test_body_over_1_kib_is_413(client: Client, database_path: Path) -> None:
+async def test_body_over_1_kib_is_413(client: Client, backend: Backend) -> None:
     body = b'{"dateOfBirth": "1990-01-01", "pad": "' + b"x" * 1024 + b'"}'
     response = await client.put("/hello/Hal", data=body, headers=JSON)
     await assert_problem(response, 413, "1 KiB")
-    assert stored_rows(database_path) == []
+    assert backend.rows() == []
 
 
 async def test_body_of_exactly_1_kib_is_accepted(client: Client) -> None:
@@ -174,12 +175,12 @@ async def test_no_content_type_is_accepted(client: Client) -> None:
     "content_type",
     ["text/plain", "application/x-www-form-urlencoded", "application/xml", "multipart/form-data"],
 )
-async def test_other_content_types_are_415(client: Client, database_path: Path, content_type: str) -> None:
+async def test_other_content_types_are_415(client: Client, backend: Backend, content_type: str) -> None:
     response = await client.put(
         "/hello/Jo", data=b'{"dateOfBirth": "1990-01-01"}', headers={"Content-Type": content_type}
     )
     await assert_problem(response, 415, "application/json")
-    assert stored_rows(database_path) == []
+    assert backend.rows() == []
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE", "PATCH"])
@@ -220,23 +221,22 @@ async def test_health_and_readiness(client: Client) -> None:
 
 
 async def test_readiness_fails_when_the_schema_is_not_the_expected_one(
-    client: Client, database_path: Path
+    client: Client, backend: Backend
 ) -> None:
-    with sqlite3.connect(database_path) as conn:
-        conn.execute("PRAGMA user_version = 99")
+    backend.set_schema_version(99)
     await assert_problem(await client.get("/readyz"), 503, "database")
     assert (await client.get("/healthz")).status == 200
 
 
 async def test_server_fault_is_a_generic_500_and_logged_with_the_request_id(
-    client: Client, database_path: Path, caplog: pytest.LogCaptureFixture
+    client: Client, backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A real fault: the table is gone underneath the running service.
-    with sqlite3.connect(database_path) as conn:
-        conn.execute("DROP TABLE users")
+    backend.drop_users()
     response = await client.get("/hello/Lee", headers={"X-Request-Id": "fault-1"})
     problem = await assert_problem(response, 500, "internal error")
-    assert "users" not in problem["detail"] and "sqlite" not in problem["detail"].lower()
+    detail = problem["detail"].lower()
+    assert "users" not in detail and "sqlite" not in detail and "postgres" not in detail
     logged = [r for r in caplog.records if r.name == "service.errors"]
     assert logged and getattr(logged[0], "request_id", None) == "fault-1"
     assert logged[0].exc_info is not None
@@ -260,7 +260,7 @@ async def test_head_is_served_like_get(client: Client) -> None:
 async def test_bad_input_is_a_400_logged_as_one_line_and_counted(
     client: Client,
     caplog: pytest.LogCaptureFixture,
-    database_path: Path,
+    backend: Backend,
     method: str,
     path: str,
     body: bytes | None,
@@ -273,4 +273,4 @@ async def test_bad_input_is_a_400_logged_as_one_line_and_counted(
     access = [r for r in caplog.records if r.name == "service.access"]
     assert [(r.method, r.route, r.status) for r in access] == [(method, "/hello/{username}", 400)]  # type: ignore[attr-defined]
     assert client.app[keys.METRICS].request_counts == {("/hello/{username}", method, 400): 1}
-    assert stored_rows(database_path) == []
+    assert backend.rows() == []

@@ -69,6 +69,15 @@ def test_values_are_read() -> None:
         ("DISK_FULL_RESUME_MB", "1.5"),
         ("LITESTREAM_METRICS_ADDR", "127.0.0.1"),
         ("LITESTREAM_METRICS_ADDR", "127.0.0.1:http"),
+        ("DATABASE_URL", "mysql://db.internal/hello"),
+        ("DATABASE_URL", "db.internal:5432"),
+        ("DATABASE_URL", "postgresql:///hello"),
+        ("DATABASE_URL", "postgresql://db.internal/hello?sslmode=always"),
+        ("DATABASE_POOL_SIZE", "0"),
+        ("DATABASE_POOL_SIZE", "ten"),
+        ("DATABASE_STATEMENT_TIMEOUT", "0"),
+        ("DATABASE_STATEMENT_TIMEOUT", "601"),
+        ("DATABASE_CONNECT_TIMEOUT", "soon"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -116,3 +125,27 @@ def test_the_timezone_sets_the_services_today(zone: str) -> None:
     before = datetime.now(ZoneInfo(zone)).date()
     today = app[keys.CLOCK]()
     assert before <= today <= datetime.now(ZoneInfo(zone)).date()
+
+
+def test_the_postgresql_profile_settings() -> None:
+    config = Config.from_env({})
+    assert config.database_url == ""  # the default profile: SQLite at DATABASE_PATH, no server
+    config = Config.from_env(
+        {
+            "DATABASE_URL": "postgresql://hello:s3cret@db.internal:5432/hello?sslmode=verify-full",
+            "DATABASE_POOL_SIZE": "20",
+            "DATABASE_STATEMENT_TIMEOUT": "1.5",
+            "DATABASE_CONNECT_TIMEOUT": "3",
+        }
+    )
+    settings = config.postgres
+    assert settings.url == "postgresql://hello:s3cret@db.internal:5432/hello?sslmode=verify-full"
+    assert (settings.pool_size, settings.statement_timeout, settings.connect_timeout) == (20, 1.5, 3.0)
+    # Logs and error messages show the URL without its password.
+    assert settings.safe_url == "postgresql://hello:***@db.internal:5432/hello?sslmode=verify-full"
+
+
+def test_a_bad_database_url_is_named_without_its_password() -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL") as caught:
+        Config.from_env({"DATABASE_URL": "mysql://hello:s3cret@db/hello"})
+    assert "s3cret" not in str(caught.value)

@@ -1,0 +1,243 @@
+"""Drill: PostgreSQL goes away under load in the PostgreSQL profile, then comes back.
+
+A real server (``tests/pg_server.py``, a cluster of its own so that the other tests' server is not
+disturbed) and the production server (gunicorn with gunicorn.conf.py, ``DATABASE_URL`` set). Four
+clients PUT new users and GET them back without pause while the database is
+
+1. stopped as an operator or a failover would (``pg_ctl stop -m fast``), then started again, and
+2. frozen (SIGSTOP on every server process: connections open, nothing answers), then thawed.
+
+Every request must get an answer within the bound (the statement budget plus a margin, never the
+client's own timeout), each a 2xx/404 or a 503 problem with Retry-After; ``/readyz`` 503 and
+``/healthz`` 200 during the outage; the service answers again by itself once the database is back;
+and every acknowledged write (204) is in PostgreSQL afterwards. Prints the figures.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from tests.drills.conftest import child_pids, record_figures, username
+from tests.pg_server import PostgresServer, postgres_server
+from tests.support import free_port, http_status, wait_for_status
+
+ROOT = Path(__file__).resolve().parents[2]
+STATEMENT_TIMEOUT = 2.0
+# The longest any answer may take: the statement budget, plus the HTTP round trip and scheduling on a
+# busy 2-core machine. A client's own timeout (here 15 s) must never be what ends a request.
+ANSWER_BOUND = STATEMENT_TIMEOUT + 1.5
+CLIENT_TIMEOUT = 15.0
+OUTAGE_SECONDS = 3.0
+
+
+@dataclass
+class Answer:
+    at: float
+    method: str
+    name: str
+    status: int
+    seconds: float
+    retry_after: str | None = None
+
+
+@dataclass
+class Load:
+    """Clients that PUT a new user, then GET it, until stopped; every answer is recorded."""
+
+    base_url: str
+    clients: int = 4
+    answers: list[Answer] = field(default_factory=list)
+    acknowledged: dict[str, str] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        for index in range(self.clients):
+            thread = threading.Thread(target=self._run, args=(index,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=CLIENT_TIMEOUT + 5)
+
+    def _request(self, method: str, name: str, body: bytes | None) -> Answer:
+        request = urllib.request.Request(
+            f"{self.base_url}/hello/{name}",
+            data=body,
+            method=method,
+            headers={"Content-Type": "application/json"} if body else {},
+        )
+        started = time.monotonic()
+        retry_after = None
+        try:
+            with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status, retry_after = exc.code, exc.headers.get("Retry-After")
+            exc.read()
+        except OSError:
+            status = 0  # no answer at all
+        return Answer(started, method, name, status, time.monotonic() - started, retry_after)
+
+    def _run(self, index: int) -> None:
+        number = 0
+        while not self._stop.is_set():
+            name = username(number, prefix=f"c{chr(ord('a') + index)}")
+            born = f"19{number % 90 + 10:02d}-0{number % 9 + 1}-1{number % 9}"
+            put = self._request("PUT", name, json.dumps({"dateOfBirth": born}).encode())
+            got = self._request("GET", name, None) if put.status == 204 else None
+            with self._lock:
+                self.answers.append(put)
+                if put.status == 204:
+                    self.acknowledged[name] = born
+                if got is not None:
+                    self.answers.append(got)
+            number += 1
+
+    def since(self, moment: float) -> list[Answer]:
+        with self._lock:
+            return [answer for answer in self.answers if answer.at >= moment]
+
+
+def start_gunicorn(url: str, port: int, log: BinaryIO) -> "subprocess.Popen[bytes]":
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "METRICS_PORT": str(free_port()),
+        "DATABASE_URL": url,
+        "DATABASE_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT),
+        "DATABASE_CONNECT_TIMEOUT": str(STATEMENT_TIMEOUT),
+        "SHUTDOWN_TIMEOUT": "5",
+        "LOG_LEVEL": "WARNING",
+    }
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    return subprocess.Popen(
+        [str(gunicorn), "-c", "gunicorn.conf.py"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture
+def server() -> Iterator[PostgresServer]:
+    with postgres_server() as started:
+        yield started
+
+
+def wait_until(condition: "object", timeout: float) -> float:
+    """Poll ``condition()`` until true; the seconds it took (fails after ``timeout``)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if condition():  # type: ignore[operator]
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout} s")
+
+
+def outage(load: Load, base_url: str, begin: "object", end: "object") -> tuple[float, float]:
+    """``begin()`` the outage; time to the first 503; ``end()`` it after a while; time to the first 204."""
+    began = time.monotonic()
+    begin()  # type: ignore[operator]
+    first_503 = wait_until(lambda: any(a.status == 503 for a in load.since(began)), 10)
+    assert http_status(f"{base_url}/readyz", timeout=CLIENT_TIMEOUT) == 503
+    assert http_status(f"{base_url}/healthz", timeout=CLIENT_TIMEOUT) == 200
+    time.sleep(OUTAGE_SECONDS)
+    end()  # type: ignore[operator]
+    ended = time.monotonic()
+    recovery = wait_until(lambda: any(a.status == 204 and a.at >= ended for a in load.since(ended)), 30)
+    wait_for_status(f"{base_url}/readyz", 200, timeout=30)
+    return first_503, recovery
+
+
+def signal_cluster(server: PostgresServer, signum: int) -> None:
+    postmaster = server.postmaster_pid()
+    for pid in [postmaster, *child_pids(postmaster)]:
+        os.kill(pid, signum)
+
+
+@pytest.mark.slow
+def test_postgresql_down_and_frozen_answers_503_quickly_and_loses_no_acknowledged_write(
+    server: PostgresServer, tmp_path: Path
+) -> None:
+    database = server.create_database()
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "gunicorn.log"
+    with log.open("ab") as output:
+        app = start_gunicorn(server.url(database), port, output)
+    load = Load(base_url)
+    try:
+        wait_for_status(f"{base_url}/readyz", 200, timeout=60)
+        load.start()
+        time.sleep(1.5)
+
+        stop_503, stop_recovery = outage(load, base_url, lambda: server.stop("fast"), server.start)
+        time.sleep(1.0)
+        frozen = False
+
+        def freeze() -> None:
+            nonlocal frozen
+            signal_cluster(server, signal.SIGSTOP)
+            frozen = True
+
+        def thaw() -> None:
+            nonlocal frozen
+            signal_cluster(server, signal.SIGCONT)
+            frozen = False
+
+        try:
+            freeze_503, freeze_recovery = outage(load, base_url, freeze, thaw)
+        finally:
+            if frozen:
+                thaw()
+        time.sleep(1.0)
+    finally:
+        load.stop()
+        os.killpg(app.pid, signal.SIGTERM)
+        app.wait(timeout=30)
+
+    answers = load.answers
+    statuses: dict[int, int] = {}
+    for answer in answers:
+        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+    unavailable = [a for a in answers if a.status == 503]
+    slowest = max(a.seconds for a in answers)
+    stored = dict(server.sql("SELECT username, to_char(date_of_birth, 'YYYY-MM-DD') FROM users", database))
+    lost = {name: born for name, born in load.acknowledged.items() if stored.get(name) != born}
+
+    record_figures(
+        "postgres-outage",
+        requests=len(answers),
+        statuses=",".join(f"{status}:{count}" for status, count in sorted(statuses.items())),
+        stop_first_503_s=round(stop_503, 2),
+        stop_recovery_s=round(stop_recovery, 2),
+        freeze_first_503_s=round(freeze_503, 2),
+        freeze_recovery_s=round(freeze_recovery, 2),
+        slowest_answer_s=round(slowest, 2),
+        acknowledged_writes=len(load.acknowledged),
+        acknowledged_writes_lost=len(lost),
+    )
+    errors = [line for line in log.read_text().splitlines() if '"ERROR"' in line or "Traceback" in line]
+    assert set(statuses) <= {200, 204, 503}, (statuses, errors[:3])
+    assert unavailable and all(a.retry_after for a in unavailable)
+    assert slowest < ANSWER_BOUND, f"an answer took {slowest:.2f} s"
+    assert not lost, f"acknowledged writes lost: {sorted(lost)[:10]}"
