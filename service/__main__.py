@@ -21,11 +21,15 @@ from service.store import SchemaTooNew, StoreUnavailable, migrate_store
 
 log = logging.getLogger("service")
 
-USAGE = "usage: python -m service [migrate | supervise ROOT]"
+USAGE = "usage: python -m service [migrate | supervise ROOT | copy-data --from SOURCE --to TARGET]"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["copy-data"]:
+        from service.store.copy import main as copy_data
+
+        sys.exit(copy_data(args[1:]))
     if args[:1] == ["supervise"]:
         if len(args) != 2:
             sys.exit(USAGE)

@@ -283,7 +283,7 @@ class SqliteStore:
 _SELECT_ALL = "SELECT username, date_of_birth, updated_at FROM users ORDER BY username"
 # Newest wins: a row replaces the stored one only when its updated_at is later. updated_at is ISO 8601
 # UTC with milliseconds, so text order is time order.
-_UPSERT_IF_NEWER = _UPSERT + " WHERE excluded.updated_at > users.updated_at"
+UPSERT_IF_NEWER = _UPSERT + " WHERE excluded.updated_at > users.updated_at"
 _REAPPLY_CHUNK = 10_000
 
 
@@ -304,7 +304,7 @@ def reapply_newer_rows(path: Path, source: Path) -> tuple[int, int]:
             cursor = old.execute(_SELECT_ALL)
             while rows := cursor.fetchmany(_REAPPLY_CHUNK):
                 read += len(rows)
-                conn.executemany(_UPSERT_IF_NEWER, rows)
+                conn.executemany(UPSERT_IF_NEWER, rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
