@@ -265,11 +265,15 @@ def fleet() -> Iterator[Fleet]:
         started.stop_all()
 
 
+@pytest.fixture
+def haproxy() -> str:
+    return haproxy_binary()
+
+
 @pytest.mark.slow
 def test_rolling_replacement_behind_haproxy_fails_no_request_and_loses_no_write(
-    postgres_server: PostgresServer, fleet: Fleet, tmp_path: Path
+    haproxy: str, postgres_server: PostgresServer, fleet: Fleet, tmp_path: Path
 ) -> None:
-    haproxy = haproxy_binary()
     database = postgres_server.create_database()
     url = postgres_server.url(database)
     ports = {name: free_port() for name in ("old1", "old2", "new1", "new2")}
