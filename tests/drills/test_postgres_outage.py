@@ -13,23 +13,19 @@ client's own timeout), each a 2xx/404 or a 503 problem with Retry-After; ``/read
 and every acknowledged write (204) is in PostgreSQL afterwards. Prints the figures.
 """
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
-from tests.drills.conftest import child_pids, record_figures, username
+from tests.drills.conftest import child_pids, record_figures
+from tests.drills.load import PutThenGet
 from tests.pg_server import PostgresServer, postgres_server
 from tests.support import free_port, http_status, wait_for_status
 
@@ -40,78 +36,6 @@ STATEMENT_TIMEOUT = 2.0
 ANSWER_BOUND = STATEMENT_TIMEOUT + 1.5
 CLIENT_TIMEOUT = 15.0
 OUTAGE_SECONDS = 3.0
-
-
-@dataclass
-class Answer:
-    at: float
-    method: str
-    name: str
-    status: int
-    seconds: float
-    retry_after: str | None = None
-
-
-@dataclass
-class Load:
-    """Clients that PUT a new user, then GET it, until stopped; every answer is recorded."""
-
-    base_url: str
-    clients: int = 4
-    answers: list[Answer] = field(default_factory=list)
-    acknowledged: dict[str, str] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> None:
-        for index in range(self.clients):
-            thread = threading.Thread(target=self._run, args=(index,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=CLIENT_TIMEOUT + 5)
-
-    def _request(self, method: str, name: str, body: bytes | None) -> Answer:
-        request = urllib.request.Request(
-            f"{self.base_url}/hello/{name}",
-            data=body,
-            method=method,
-            headers={"Content-Type": "application/json"} if body else {},
-        )
-        started = time.monotonic()
-        retry_after = None
-        try:
-            with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status, retry_after = exc.code, exc.headers.get("Retry-After")
-            exc.read()
-        except OSError:
-            status = 0  # no answer at all
-        return Answer(started, method, name, status, time.monotonic() - started, retry_after)
-
-    def _run(self, index: int) -> None:
-        number = 0
-        while not self._stop.is_set():
-            name = username(number, prefix=f"c{chr(ord('a') + index)}")
-            born = f"19{number % 90 + 10:02d}-0{number % 9 + 1}-1{number % 9}"
-            put = self._request("PUT", name, json.dumps({"dateOfBirth": born}).encode())
-            got = self._request("GET", name, None) if put.status == 204 else None
-            with self._lock:
-                self.answers.append(put)
-                if put.status == 204:
-                    self.acknowledged[name] = born
-                if got is not None:
-                    self.answers.append(got)
-            number += 1
-
-    def since(self, moment: float) -> list[Answer]:
-        with self._lock:
-            return [answer for answer in self.answers if answer.at >= moment]
 
 
 def start_gunicorn(url: str, port: int, log: BinaryIO) -> "subprocess.Popen[bytes]":
@@ -153,7 +77,7 @@ def wait_until(condition: "object", timeout: float) -> float:
     raise AssertionError(f"not within {timeout} s")
 
 
-def outage(load: Load, base_url: str, begin: "object", end: "object") -> tuple[float, float]:
+def outage(load: PutThenGet, base_url: str, begin: "object", end: "object") -> tuple[float, float]:
     """``begin()`` the outage; time to the first 503; ``end()`` it after a while; time to the first 204."""
     began = time.monotonic()
     begin()  # type: ignore[operator]
@@ -163,7 +87,7 @@ def outage(load: Load, base_url: str, begin: "object", end: "object") -> tuple[f
     time.sleep(OUTAGE_SECONDS)
     end()  # type: ignore[operator]
     ended = time.monotonic()
-    recovery = wait_until(lambda: any(a.status == 204 and a.at >= ended for a in load.since(ended)), 30)
+    recovery = wait_until(lambda: any(a.status == 204 and a.started >= ended for a in load.since(ended)), 30)
     wait_for_status(f"{base_url}/readyz", 200, timeout=30)
     return first_503, recovery
 
@@ -184,7 +108,7 @@ def test_postgresql_down_and_frozen_answers_503_quickly_and_loses_no_acknowledge
     log = tmp_path / "gunicorn.log"
     with log.open("ab") as output:
         app = start_gunicorn(server.url(database), port, output)
-    load = Load(base_url)
+    load = PutThenGet(base_url, client_timeout=CLIENT_TIMEOUT, seconds=120.0)
     try:
         wait_for_status(f"{base_url}/readyz", 200, timeout=60)
         load.start()

@@ -21,14 +21,12 @@ or ``CI=true`` (``.ci/run`` installs it), where it fails instead.
 
 import csv
 import io
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,7 +37,8 @@ from typing import BinaryIO
 
 import pytest
 
-from tests.drills.conftest import record_figures, username
+from tests.drills.conftest import record_figures
+from tests.drills.load import PutThenGet
 from tests.pg_server import PostgresServer
 from tests.support import free_port, wait_for_status
 
@@ -156,90 +155,6 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> floa
 
 
 @dataclass
-class Answer:
-    at: float
-    method: str
-    status: int
-
-
-@dataclass
-class Load:
-    """Clients that PUT a new user, then GET it, with a short pause; bounded in time and count."""
-
-    base_url: str
-    clients: int = 4
-    pause: float = 0.005
-    answers: list[Answer] = field(default_factory=list)
-    acknowledged: dict[str, str] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> None:
-        deadline = time.monotonic() + LOAD_SECONDS_BOUND
-        for index in range(self.clients):
-            thread = threading.Thread(target=self._run, args=(index, deadline), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=CLIENT_TIMEOUT + 5)
-        assert not any(thread.is_alive() for thread in self._threads), "a client did not stop"
-
-    def _request(self, method: str, name: str, body: bytes | None) -> Answer:
-        request = urllib.request.Request(
-            f"{self.base_url}/hello/{name}",
-            data=body,
-            method=method,
-            headers={"Content-Type": "application/json"} if body else {},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT) as response:
-                response.read()
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            exc.read()
-            status = exc.code
-        except OSError:
-            status = 0  # no answer at all
-        return Answer(time.monotonic(), method, status)
-
-    def _run(self, index: int, deadline: float) -> None:
-        number = 0
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            with self._lock:
-                if len(self.answers) >= LOAD_REQUESTS_BOUND:
-                    return
-            name = username(number, prefix=f"z{chr(ord('a') + index)}")
-            born = f"19{number % 90 + 10:02d}-0{number % 9 + 1}-1{number % 9}"
-            put = self._request("PUT", name, json.dumps({"dateOfBirth": born}).encode())
-            got = self._request("GET", name, None) if put.status == 204 else None
-            with self._lock:
-                self.answers.append(put)
-                if put.status == 204:
-                    self.acknowledged[name] = born
-                if got is not None:
-                    self.answers.append(got)
-            number += 1
-            time.sleep(self.pause)
-
-    def failed(self) -> list[Answer]:
-        with self._lock:
-            return [a for a in self.answers if a.status not in (200, 204)]
-
-    def successes_since(self, moment: float) -> int:
-        with self._lock:
-            return sum(1 for a in self.answers if a.at >= moment and a.status in (200, 204))
-
-    def longest_gap(self) -> float:
-        with self._lock:
-            times = sorted(a.at for a in self.answers if a.status in (200, 204))
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
-
-
-@dataclass
 class Fleet:
     """Every process the drill starts, each in its own process group, all stopped at teardown."""
 
@@ -321,7 +236,14 @@ def test_rolling_replacement_behind_haproxy_fails_no_request_and_loses_no_write(
 
     wait_until(seen(wanted), 30, f"HAProxy to see {wanted}")
 
-    load = Load(base_url)
+    load = PutThenGet(
+        base_url,
+        pause=0.005,
+        client_timeout=CLIENT_TIMEOUT,
+        seconds=LOAD_SECONDS_BOUND,
+        max_answers=LOAD_REQUESTS_BOUND,
+        prefix="z",
+    )
     replacements: list[tuple[float, float]] = []
     exit_codes: list[int | None] = []
     try:
