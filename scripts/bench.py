@@ -6,10 +6,13 @@ scenario: requests/s, p50, p99, errors (socket errors and any non-2xx answer), t
 RSS and our figure as a share of the reference. It also times start-up to ``/readyz`` 200 and,
 when the production stack files are present, runs the write scenarios through ``scripts/start.sh``
 (Litestream replicating to a folder) and times a ``litestream restore`` of a 1,000,000-user
-database from a local S3 server. The table goes to standard output and ``docs/benchmarks.md`` style;
-the plot to ``docs/benchmarks.png``.
+database from a local S3 server. The PostgreSQL profile runs GET, PUT and the mix too: the same
+service with ``DATABASE_URL`` pointing at a PostgreSQL server the bench starts on 127.0.0.1 (pinned to
+the server's core) and stops (``scripts/pg_cluster.py``). The table goes to standard output and
+``docs/benchmarks.md`` style; the plot to ``docs/benchmarks.png``.
 
-    python scripts/bench.py [--duration SECONDS] [--rounds N] [--quick] [--plot PATH] [--json PATH]
+    python scripts/bench.py [--only all|sqlite|postgres] [--duration SECONDS] [--rounds N] [--quick]
+                            [--plot PATH] [--json PATH]
 
 Every load is bounded by ``wrk -d`` and every process started here is stopped before it exits.
 """
@@ -17,6 +20,7 @@ Every load is bounded by ``wrk -d`` and every process started here is stopped be
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import json
@@ -41,13 +45,20 @@ if str(ROOT) not in sys.path:
 
 import pysqlite3.dbapi2 as sqlite  # noqa: E402
 
+from scripts.pg_cluster import PostgresServer, server_binaries  # noqa: E402
 from service.db import connect, migrate  # noqa: E402
+from service.store.copy import copy_data  # noqa: E402
 
 CONNECTIONS = 64
 SERVER_CPU = 0
 LOAD_CPU = 1
 HOST = "127.0.0.1"
-LABELS = {"reference": "bare aiohttp", "service": "service", "stack": "service + Litestream"}
+LABELS = {
+    "reference": "bare aiohttp",
+    "service": "service",
+    "postgres": "service on PostgreSQL",
+    "stack": "service + Litestream",
+}
 
 # Seeded users are "u" plus five lowercase letters, the index in base 26: sorted by index, so the
 # seeding insert appends to the primary key's B-tree; the wrk scripts compute the same names.
@@ -103,6 +114,59 @@ def flush_to_disk(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class PostgresDatabases:
+    """One PostgreSQL server on loopback for the whole run: a seeded template database per user count,
+    and a fresh database cloned from it for every sample (as the SQLite scenarios copy their file)."""
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+        self.version = server.sql("SHOW server_version")[0][0]
+        self.templates: dict[int, str] = {}
+        self.made = 0
+
+    def seed(self, users: int, seeded: Path) -> None:
+        """Copy the seeded SQLite file's users into a template database (``copy-data``, verified)."""
+        name = f"seed_{users}"
+        self.server.sql(f"CREATE DATABASE {name}")
+        report = asyncio.run(copy_data(str(seeded), self.server.url(name)))
+        if not report.verified or report.target.rows != users:
+            raise RuntimeError(f"seeding PostgreSQL with {users} users did not verify: {report}")
+        self.server.sql("CHECKPOINT")
+        self.templates[users] = name
+
+    def fresh(self, users: int) -> str:
+        """The URL of a new database holding the ``users`` seeded users."""
+        self.made += 1
+        name = f"bench_{self.made}"
+        self.server.sql(f"CREATE DATABASE {name} TEMPLATE {self.templates[users]}")
+        self.server.sql("CHECKPOINT")
+        return self.server.url(name)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the postmaster and every process it runs now (the pool's backends among them)."""
+        root = self.server.postmaster_pid()
+        total = 0.0
+        for pid in [root, *_children(root)]:
+            with contextlib.suppress(OSError, IndexError):
+                total += cpu_seconds(pid)
+        return total
+
+
+@contextlib.contextmanager
+def postgres_databases(cpus: str) -> Iterator[PostgresDatabases]:
+    """A PostgreSQL server started on 127.0.0.1, pinned to ``cpus``; stopped and removed afterwards."""
+    bin_dir = server_binaries()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL's server is not installed (no /usr/lib/postgresql/*/bin/initdb)")
+    server = PostgresServer(bin_dir)
+    try:
+        server.init()
+        server.start(cpus)
+        yield PostgresDatabases(server)
+    finally:
+        server.remove()
 
 
 # ---- wrk scripts -------------------------------------------------------------------------------
@@ -356,7 +420,7 @@ def cpu_seconds(pid: int) -> float:
 @dataclass(frozen=True)
 class Scenario:
     title: str
-    server: str  # "reference", "service" or "stack"
+    server: str  # "reference", "service", "postgres" or "stack"
     kind: str  # the wrk script: "get", "put" or "mix"
     users: int  # users seeded, and the range GETs draw from
     baseline: str | None = None  # the title of the scenario whose reference run is 100%
@@ -368,6 +432,7 @@ class Sample:
     peak_rss_mb: float
     ready_s: float
     cpu_us_per_request: float
+    db_cpu_us_per_request: float = 0.0
 
 
 @dataclass
@@ -384,6 +449,7 @@ class Row:
     rounds: int
     ratio: float | None = None
     ratio_of: str = ""
+    db_cpu_us: float = 0.0  # the PostgreSQL server's CPU per request (SQLite's is in the worker's)
 
 
 @dataclass
@@ -409,11 +475,19 @@ def machine_description() -> str:
 
 
 class Bench:
-    def __init__(self, workdir: Path, duration: float, warmup: float, seeded: Mapping[int, Path]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        duration: float,
+        warmup: float,
+        seeded: Mapping[int, Path],
+        postgres: PostgresDatabases | None = None,
+    ) -> None:
         self.workdir = workdir
         self.duration = duration
         self.warmup = warmup
         self.seeded = seeded
+        self.postgres = postgres
         self.scripts: dict[tuple[str, int], Path] = {}
         self.started = 0
 
@@ -433,10 +507,16 @@ class Bench:
         with self.server(scenario, name) as server:
             if self.warmup > 0:
                 run_wrk(server.port, script, self.warmup)
+            database = self.postgres if scenario.server == "postgres" else None
             cpu_before = cpu_seconds(server.worker)
+            db_before = database.cpu_seconds() if database else 0.0
             load = run_wrk(server.port, script, self.duration)
             cpu = cpu_seconds(server.worker) - cpu_before
-            return Sample(load, server.peak_rss_mb(), server.ready_seconds, cpu / max(load.requests, 1) * 1e6)
+            db_cpu = database.cpu_seconds() - db_before if database else 0.0
+            per_request = 1e6 / max(load.requests, 1)
+            return Sample(
+                load, server.peak_rss_mb(), server.ready_seconds, cpu * per_request, db_cpu * per_request
+            )
 
     def server(self, scenario: Scenario, name: str) -> AbstractContextManager[Server]:
         port = free_port()
@@ -445,6 +525,12 @@ class Bench:
             env = self.service_env(self.workdir / "unused.db", port)
             command = ["gunicorn", "-c", "gunicorn.conf.py", "scripts.bench_reference:app_factory"]
             return running(name, command, env, port, log)
+        if scenario.server == "postgres":
+            if self.postgres is None:
+                raise RuntimeError("a PostgreSQL scenario without a PostgreSQL server")
+            env = self.service_env(self.workdir / "unused.db", port)
+            env["DATABASE_URL"] = self.postgres.fresh(scenario.users)
+            return running(name, ["gunicorn", "-c", "gunicorn.conf.py"], env, port, log)
         database = self.workdir / name / "hello.db"
         copy_database(self.seeded[scenario.users], database)
         env = self.service_env(database, port)
@@ -482,6 +568,7 @@ def aggregate(scenario: Scenario, samples: Sequence[Sample]) -> Row:
         ready_s=statistics.median(s.ready_s for s in samples),
         cpu_us=statistics.median(s.cpu_us_per_request for s in samples),
         rounds=len(samples),
+        db_cpu_us=statistics.median(s.db_cpu_us_per_request for s in samples),
     )
 
 
@@ -489,15 +576,21 @@ def stack_available() -> bool:
     return (ROOT / "scripts" / "start.sh").is_file() and (ROOT / "litestream.yml").is_file()
 
 
-def scenarios(small: int, medium: int, large: int, with_stack: bool) -> list[Scenario]:
+def scenarios(
+    small: int, medium: int, large: int, with_stack: bool, sqlite: bool = True, postgres: bool = False
+) -> list[Scenario]:
+    """The run's plan: for each of GET, PUT and the mix, the bare app, then SQLite, then PostgreSQL."""
     get, put, mix = f"GET, {medium:,} users", "PUT (new and existing users)", "90% GET / 10% PUT"
-    found = [
-        Scenario(get, "reference", "get", medium),
-        Scenario(get, "service", "get", medium, baseline=get),
-        Scenario(put, "reference", "put", medium),
-        Scenario(put, "service", "put", medium, baseline=put),
-        Scenario(mix, "reference", "mix", medium),
-        Scenario(mix, "service", "mix", medium, baseline=mix),
+    found: list[Scenario] = []
+    for title, kind in ((get, "get"), (put, "put"), (mix, "mix")):
+        found.append(Scenario(title, "reference", kind, medium))
+        if sqlite:
+            found.append(Scenario(title, "service", kind, medium, baseline=title))
+        if postgres:
+            found.append(Scenario(title, "postgres", kind, medium, baseline=title))
+    if not sqlite:
+        return found
+    found += [
         Scenario(f"GET, {small:,} users", "service", "get", small),
         Scenario(f"GET, {large:,} users", "service", "get", large, baseline=f"GET, {small:,} users"),
     ]
@@ -512,15 +605,49 @@ def scenarios(small: int, medium: int, large: int, with_stack: bool) -> list[Sce
 def run(args: argparse.Namespace, workdir: Path) -> Results:
     results = Results(machine_description(), args.command, args.duration, args.rounds)
     small, medium, large = (100, 1_000, 10_000) if args.quick else (1_000, 10_000, 1_000_000)
+    with_sqlite = args.only in ("all", "sqlite")
+    with_postgres = args.only in ("all", "postgres")
     seeded: dict[int, Path] = {}
-    for users in (small, medium, large):
+    for users in (small, medium, large) if with_sqlite else (medium,):
         started = time.perf_counter()
         seeded[users] = workdir / "seed" / f"{users}.db"
         seed_database(seeded[users], users)
         say(f"seeded {users:,} users in {time.perf_counter() - started:.1f} s")
-    with_stack = stack_available()
-    plan = scenarios(small, medium, large, with_stack)
-    bench = Bench(workdir, args.duration, args.warmup, seeded)
+    with_stack = with_sqlite and stack_available()
+    with contextlib.ExitStack() as stack:
+        database: PostgresDatabases | None = None
+        if with_postgres:
+            try:
+                database = stack.enter_context(postgres_databases(str(SERVER_CPU)))
+            except RuntimeError as exc:
+                if not with_sqlite:
+                    raise
+                results.notes.append(f"PostgreSQL scenarios skipped: {exc}")
+                with_postgres = False
+        if database is not None:
+            started = time.perf_counter()
+            database.seed(medium, seeded[medium])
+            say(
+                f"seeded PostgreSQL {database.version} with {medium:,} users "
+                f"in {time.perf_counter() - started:.1f} s"
+            )
+            results.notes.append(
+                f"service on PostgreSQL: PostgreSQL {database.version} (Debian's package, default settings: "
+                "fsync and synchronous_commit on) on 127.0.0.1, pinned with the service to core "
+                f"{SERVER_CPU}; the service's default pool (at most 10 connections); a fresh database "
+                "cloned from a seeded template for every sample. DB CPU µs/req is the PostgreSQL "
+                "server's processes' CPU over the measured seconds per request."
+            )
+        plan = scenarios(small, medium, large, with_stack, sqlite=with_sqlite, postgres=with_postgres)
+        bench = Bench(workdir, args.duration, args.warmup, seeded, database)
+        run_plan(args, plan, bench, results)
+    if not with_sqlite:
+        return results
+    return finish(workdir, results, seeded[large], large, with_stack)
+
+
+def run_plan(args: argparse.Namespace, plan: Sequence[Scenario], bench: Bench, results: Results) -> None:
+    """Every scenario of ``plan``, ``args.rounds`` times; the medians go to ``results.rows``."""
     samples: dict[Scenario, list[Sample]] = {scenario: [] for scenario in plan}
     # Round after round of every scenario, reference and service side by side, so that a noisy
     # neighbour on this shared machine weighs on both; the table shows medians over the rounds.
@@ -532,6 +659,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
                 f"round {round_number} {scenario.title:<30} {scenario.server:<9} "
                 f"{sample.load.rps:8.0f} req/s p99 {sample.load.p99_ms:7.2f} ms errors {sample.load.errors} "
                 f"rss {sample.peak_rss_mb:5.1f} MB cpu {sample.cpu_us_per_request:6.1f} us/req"
+                f" db cpu {sample.db_cpu_us_per_request:6.1f} us/req"
             )
     rows = {(scenario.title, scenario.server): aggregate(scenario, samples[scenario]) for scenario in plan}
     for scenario in plan:
@@ -541,9 +669,13 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
             row.ratio = row.rps / base.rps
             row.ratio_of = f"{base.scenario}, {base.server}"
         results.rows.append(row)
+
+
+def finish(workdir: Path, results: Results, seeded: Path, large: int, with_stack: bool) -> Results:
+    """The restore timing (with the production stack files), or the note that says why not."""
     if with_stack:
         try:
-            results.restore_s = time_restore(workdir, seeded[large], large)
+            results.restore_s = time_restore(workdir, seeded, large)
             results.restore_users = large
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             results.restore_note = f"not measured: {exc}"
@@ -683,15 +815,16 @@ def _boto_credentials() -> dict[str, str]:
 
 def table(results: Results) -> str:
     lines = [
-        "| scenario | server | req/s | p50 ms | p99 ms | errors | peak RSS MB | CPU µs/req | ready s "
-        "| ratio |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | server | req/s | p50 ms | p99 ms | errors | peak RSS MB | CPU µs/req "
+        "| DB CPU µs/req | ready s | ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results.rows:
         ratio = f"{r.ratio:.0%}" if r.ratio is not None else ""
+        db_cpu = f"{r.db_cpu_us:.0f}" if r.server == "postgres" else ""
         lines.append(
             f"| {r.scenario} | {LABELS[r.server]} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
-            f"| {r.errors} | {r.peak_rss_mb:.1f} | {r.cpu_us:.0f} | {r.ready_s:.2f} | {ratio} |"
+            f"| {r.errors} | {r.peak_rss_mb:.1f} | {r.cpu_us:.0f} | {db_cpu} | {r.ready_s:.2f} | {ratio} |"
         )
     lines.append("")
     lines.append(
@@ -716,17 +849,17 @@ def plot(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = list(dict.fromkeys(r.scenario for r in results.rows))
-    colours = {"reference": "#9e9e9e", "service": "#1f77b4", "stack": "#ff7f0e"}
+    colours = {"reference": "#9e9e9e", "service": "#1f77b4", "postgres": "#2ca02c", "stack": "#ff7f0e"}
     panels: tuple[tuple[str, Callable[[Row], float]], ...] = (
         ("throughput (requests/s, higher is better)", lambda r: r.rps),
         ("p99 latency (ms)", lambda r: r.p99_ms),
         ("server CPU per request (µs)", lambda r: r.cpu_us),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(16, 5.5))
-    width = 0.27
+    width = 0.2
     for offset, server in enumerate(LABELS):
         rows = {r.scenario: r for r in results.rows if r.server == server}
-        xs = [i + (offset - 1) * width for i, scenario in enumerate(scenarios) if scenario in rows]
+        xs = [i + (offset - 1.5) * width for i, scenario in enumerate(scenarios) if scenario in rows]
         if not xs:
             continue
         for ax, (_, value) in zip(axes, panels, strict=True):
@@ -756,6 +889,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of measured load per sample")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each sample")
     parser.add_argument("--rounds", type=int, default=3, help="samples of every scenario; medians are shown")
+    parser.add_argument(
+        "--only",
+        choices=("all", "sqlite", "postgres"),
+        default="all",
+        help="run only one profile's scenarios (each beside the bare app); the default runs both",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: small databases, one 2 s round")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")

@@ -7,6 +7,10 @@ Served with ``gunicorn -c gunicorn.conf.py scripts.bench_reference:app_factory``
 
 from aiohttp import web
 
+from service import keys
+from service.metrics import Metrics
+from service.settings import Config
+
 GREETING = b'{"message": "Hello, someone! Your birthday is in 42 day(s)"}'
 READY = b'{"status": "ready"}'
 
@@ -33,5 +37,11 @@ def create_reference_app() -> web.Application:
 
 
 async def app_factory() -> web.Application:
-    """For gunicorn, like ``service.app:app_factory``."""
-    return create_reference_app()
+    """For gunicorn, like ``service.app:app_factory``: gunicorn.conf.py's runner reads the settings
+    (its connection cap and head timeout, which the service is measured with too), the state and the
+    metrics its connection guard counts refusals in; no request is measured or logged."""
+    app = create_reference_app()
+    app[keys.CONFIG] = Config.from_env()
+    app[keys.STATE] = keys.State()
+    app[keys.METRICS] = Metrics()
+    return app
