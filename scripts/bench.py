@@ -692,14 +692,20 @@ def say(message: str) -> None:
 # ---- profile -----------------------------------------------------------------------------------
 
 
-def profile(kind: str, duration: float, workdir: Path, top: int = 25) -> str:
-    """Sample the service's worker with py-spy under one scenario's load; the busiest functions."""
+def profile(kind: str, duration: float, workdir: Path, top: int = 25, on_postgres: bool = False) -> str:
+    """Sample the service's worker with py-spy under one scenario's load; the busiest functions.
+    With ``on_postgres``, the service runs on the PostgreSQL profile (a server started as in a run)."""
     seeded = workdir / "seed" / "10000.db"
     seed_database(seeded, 10_000)
-    bench = Bench(workdir, duration, 1.0, {10_000: seeded})
-    scenario = Scenario(f"profile {kind}", "service", kind, 10_000)
     samples_file = workdir / "profile.txt"
-    with bench.server(scenario, f"profile-{kind}") as server:
+    with contextlib.ExitStack() as stack:
+        database: PostgresDatabases | None = None
+        if on_postgres:
+            database = stack.enter_context(postgres_databases(str(SERVER_CPU)))
+            database.seed(10_000, seeded)
+        bench = Bench(workdir, duration, 1.0, {10_000: seeded}, database)
+        scenario = Scenario(f"profile {kind}", "postgres" if on_postgres else "service", kind, 10_000)
+        server = stack.enter_context(bench.server(scenario, f"profile-{kind}"))
         script = bench.script(kind, 10_000)
         run_wrk(server.port, script, 1.0)
         load = subprocess.Popen(
@@ -902,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         choices=("get", "put", "mix"),
-        help="instead of the benchmark: sample the service under this load with py-spy and print the profile",
+        help="instead of the benchmark: sample the service under this load with py-spy and print the profile "
+        "(on the PostgreSQL profile with --only postgres)",
     )
     args = parser.parse_args(argv)
     args.command = " ".join(["python scripts/bench.py", *(sys.argv[1:] if argv is None else argv)])
@@ -920,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="hello-bench-"))
     if args.profile:
         try:
-            print(profile(args.profile, args.duration, workdir))
+            print(profile(args.profile, args.duration, workdir, on_postgres=args.only == "postgres"))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return 0
