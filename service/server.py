@@ -142,6 +142,11 @@ class ConnectionGuard:
         return os.urandom(16).hex()
 
 
+# How long a stopping server waits for the first request of a connection it accepted just before it
+# stopped listening: served rather than dropped, since its client already sent it.
+_FIRST_REQUEST_GRACE = 0.5
+
+
 class _GuardedRequestHandler(web_protocol.RequestHandler):
     """aiohttp's connection handler, with the connection cap, the head timeout and problem+json
     for what its parser refuses.
@@ -188,11 +193,16 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
         """Close a connection that has no request to finish at once, then shut down as aiohttp does.
 
         A connection accepted in the last moment before the listener closed can reach this with its
-        request's bytes still on the way: from now on aiohttp reads nothing more from it, so without
-        this it would hold the worker for the whole graceful timeout (seen under write load: a 10 s
-        stop instead of 1 s). Its client gets a closed connection with nothing done, as for any
-        request the server did not read.
+        request's bytes still on the way. It gets up to ``_FIRST_REQUEST_GRACE`` for that request to
+        arrive, which is then served; after that, and for any connection with nothing to finish, the
+        connection is closed at once: once shutting down aiohttp reads nothing more from it, so it
+        would otherwise hold the worker for the whole graceful timeout (seen under write load: a 10 s
+        stop instead of 1 s).
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _FIRST_REQUEST_GRACE
+        while self._request_count == 0 and self.transport is not None and loop.time() < deadline:
+            await asyncio.sleep(0.01)  # a connection accepted a moment ago: its request is on the way
         if not self._request_in_progress and not self._messages:
             self.force_close()
         await super().shutdown(timeout)
@@ -286,6 +296,13 @@ class _GuardedServer(web_server.Server):
 
     def __call__(self) -> web_protocol.RequestHandler:
         return _GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def pre_shutdown(self) -> None:
+        """Close the idle connections, as aiohttp does, but not those still waiting for their first
+        request: it may be on the way, and ``_GuardedRequestHandler.shutdown`` gives it a moment."""
+        for conn in self._connections:
+            if conn._request_count > 0:
+                conn.close()
 
 
 class GuardedAppRunner(web.AppRunner):
