@@ -1,17 +1,49 @@
-"""A bounded load of clients that PUT a new user and then GET it; every answer is recorded.
-
-Used by the PostgreSQL drills (an outage, a rolling replacement behind HAProxy). Each client stops by
-itself after ``seconds`` or once the load has ``max_answers`` answers, whichever comes first.
+"""For the PostgreSQL profile's drills (an outage, a rolling replacement behind HAProxy): the
+production server started on a PostgreSQL database, and a bounded load of clients that PUT a new user
+and then GET it, every answer recorded. Each client stops by itself after ``seconds`` or once the load
+has ``max_answers`` answers, whichever comes first.
 """
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 from tests.drills.conftest import username
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_gunicorn_on_postgres(
+    url: str, port: int, log: BinaryIO, settings: Mapping[str, str]
+) -> "subprocess.Popen[bytes]":
+    """gunicorn with the production config (gunicorn.conf.py) and ``DATABASE_URL``, in its own session."""
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "METRICS_PORT": str(free_port()),
+        "DATABASE_URL": url,
+        "LOG_LEVEL": "WARNING",
+        **settings,
+    }
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @dataclass(frozen=True, slots=True)

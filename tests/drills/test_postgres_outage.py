@@ -16,7 +16,6 @@ and every acknowledged write (204) is in PostgreSQL afterwards. Prints the figur
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +24,10 @@ from typing import BinaryIO
 import pytest
 
 from tests.drills.conftest import child_pids, record_figures
-from tests.drills.load import PutThenGet
+from tests.drills.load import PutThenGet, start_gunicorn_on_postgres
 from tests.pg_server import PostgresServer, postgres_server
 from tests.support import free_port, http_status, wait_for_status
 
-ROOT = Path(__file__).resolve().parents[2]
 STATEMENT_TIMEOUT = 2.0
 # The longest any answer may take: the statement budget, plus the HTTP round trip and scheduling on a
 # busy 2-core machine. A client's own timeout (here 15 s) must never be what ends a request.
@@ -39,25 +37,15 @@ OUTAGE_SECONDS = 3.0
 
 
 def start_gunicorn(url: str, port: int, log: BinaryIO) -> "subprocess.Popen[bytes]":
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "METRICS_PORT": str(free_port()),
-        "DATABASE_URL": url,
-        "DATABASE_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT),
-        "DATABASE_CONNECT_TIMEOUT": str(STATEMENT_TIMEOUT),
-        "SHUTDOWN_TIMEOUT": "5",
-        "LOG_LEVEL": "WARNING",
-    }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    return subprocess.Popen(
-        [str(gunicorn), "-c", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    return start_gunicorn_on_postgres(
+        url,
+        port,
+        log,
+        {
+            "DATABASE_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT),
+            "DATABASE_CONNECT_TIMEOUT": str(STATEMENT_TIMEOUT),
+            "SHUTDOWN_TIMEOUT": "5",
+        },
     )
 
 

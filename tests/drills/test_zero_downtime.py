@@ -26,7 +26,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,7 +37,7 @@ from typing import BinaryIO
 import pytest
 
 from tests.drills.conftest import record_figures
-from tests.drills.load import PutThenGet
+from tests.drills.load import PutThenGet, start_gunicorn_on_postgres
 from tests.pg_server import PostgresServer
 from tests.support import free_port, wait_for_status
 
@@ -114,24 +113,7 @@ listen stats
 
 
 def start_gunicorn(url: str, port: int, log: BinaryIO) -> "subprocess.Popen[bytes]":
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "METRICS_PORT": str(free_port()),
-        "DATABASE_URL": url,
-        "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
-        "LOG_LEVEL": "WARNING",
-    }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    return subprocess.Popen(
-        [str(gunicorn), "-c", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return start_gunicorn_on_postgres(url, port, log, {"SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)})
 
 
 def server_states(stats_url: str) -> dict[str, str]:
