@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -196,9 +197,9 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'BENCH_JSON {"requests": %d, "duration_us": %d, "non2xx": %d, "connect": %d, "read": %d, ' ..
-    '"write": %d, "timeout": %d, "p50_us": %d, "p99_us": %d}\n',
+    '"write": %d, "timeout": %d, "p50_us": %d, "p99_us": %d, "p999_us": %d, "max_us": %d}\n',
     summary.requests, summary.duration, bad, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
 end
 
 local lower = "abcdefghijklmnopqrstuvwxyz"
@@ -381,6 +382,8 @@ class Load:
     errors: int
     p50_ms: float
     p99_ms: float
+    p999_ms: float = 0.0
+    max_ms: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -404,6 +407,8 @@ def run_wrk(port: int, script: Path, seconds: float) -> Load:
                 errors=errors,
                 p50_ms=raw["p50_us"] / 1000,
                 p99_ms=raw["p99_us"] / 1000,
+                p999_ms=raw["p999_us"] / 1000,
+                max_ms=raw["max_us"] / 1000,
             )
     raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
 
@@ -463,6 +468,8 @@ class Results:
     restore_users: int = 0
     restore_note: str = ""
     notes: list[str] = field(default_factory=list)
+    sustained: list[SustainedRow] = field(default_factory=list)
+    sustained_s: float = 0.0
 
 
 def machine_description() -> str:
@@ -518,6 +525,33 @@ class Bench:
                 load, server.peak_rss_mb(), server.ready_seconds, cpu * per_request, db_cpu * per_request
             )
 
+    def sustained(self, scenario: Scenario, seconds: float) -> SustainedRow:
+        """One long load on a fresh server: the whole latency tail, the WAL's size, the worker's RSS."""
+        self.started += 1
+        name = f"sustained-{scenario.server}-{scenario.kind}-{self.started}"
+        script = self.script(scenario.kind, scenario.users)
+        with self.server(scenario, name) as server:
+            run_wrk(server.port, script, max(self.warmup, 2.0))
+            rss_start = rss_mb(server.worker)
+            with FileWatcher(self.database(name).with_name("hello.db-wal")) as wal:
+                load = run_wrk(server.port, script, seconds)
+            return SustainedRow(
+                scenario=scenario.title,
+                server=scenario.server,
+                rps=load.rps,
+                p50_ms=load.p50_ms,
+                p99_ms=load.p99_ms,
+                p999_ms=load.p999_ms,
+                max_ms=load.max_ms,
+                errors=load.errors,
+                wal_max_mb=wal.largest / 1e6,
+                rss_start_mb=rss_start,
+                rss_end_mb=rss_mb(server.worker),
+            )
+
+    def database(self, name: str) -> Path:
+        return self.workdir / name / "hello.db"
+
     def server(self, scenario: Scenario, name: str) -> AbstractContextManager[Server]:
         port = free_port()
         log = self.workdir / f"{name}.log"
@@ -531,7 +565,7 @@ class Bench:
             env = self.service_env(self.workdir / "unused.db", port)
             env["DATABASE_URL"] = self.postgres.fresh(scenario.users)
             return running(name, ["gunicorn", "-c", "gunicorn.conf.py"], env, port, log)
-        database = self.workdir / name / "hello.db"
+        database = self.database(name)
         copy_database(self.seeded[scenario.users], database)
         env = self.service_env(database, port)
         if scenario.server == "service":
@@ -572,6 +606,84 @@ def aggregate(scenario: Scenario, samples: Sequence[Sample]) -> Row:
     )
 
 
+# ---- sustained load ----------------------------------------------------------------------------
+
+
+@dataclass
+class SustainedRow:
+    """One long load: the latency tail, the WAL's largest size and the worker's memory over it."""
+
+    scenario: str
+    server: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    errors: int
+    wal_max_mb: float
+    rss_start_mb: float
+    rss_end_mb: float
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS, the resident set now, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class FileWatcher:
+    """Samples a file's size every ``interval`` seconds in a thread; ``largest`` is the biggest seen."""
+
+    def __init__(self, path: Path, interval: float = 0.05) -> None:
+        self.path = path
+        self.interval = interval
+        self.largest = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="file-watcher", daemon=True)
+
+    def __enter__(self) -> FileWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                self.largest = max(self.largest, self.path.stat().st_size)
+            if self._stop.wait(self.interval):
+                return
+
+
+def sustained_scenarios(users: int, with_stack: bool) -> list[Scenario]:
+    """PUTs, then the mix, on the production server alone and on the whole stack with Litestream."""
+    servers = ("service", "stack") if with_stack else ("service",)
+    return [
+        Scenario(title, server, kind, users)
+        for title, kind in (("PUT, sustained", "put"), ("90% GET / 10% PUT, sustained", "mix"))
+        for server in servers
+    ]
+
+
+def run_sustained(bench: Bench, plan: Sequence[Scenario], seconds: float) -> list[SustainedRow]:
+    rows: list[SustainedRow] = []
+    for scenario in plan:
+        row = bench.sustained(scenario, seconds)
+        say(
+            f"sustained {scenario.title:<30} {scenario.server:<9} {row.rps:8.0f} req/s "
+            f"p99 {row.p99_ms:7.2f} ms p99.9 {row.p999_ms:7.2f} ms max {row.max_ms:7.2f} ms "
+            f"errors {row.errors} wal {row.wal_max_mb:5.1f} MB rss {row.rss_start_mb:5.1f} -> "
+            f"{row.rss_end_mb:5.1f} MB"
+        )
+        rows.append(row)
+    return rows
+
+
 def stack_available() -> bool:
     return (ROOT / "scripts" / "start.sh").is_file() and (ROOT / "litestream.yml").is_file()
 
@@ -607,13 +719,14 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
     small, medium, large = (100, 1_000, 10_000) if args.quick else (1_000, 10_000, 1_000_000)
     with_sqlite = args.only in ("all", "sqlite")
     with_postgres = args.only in ("all", "postgres")
+    with_sustained = args.sustained > 0 and args.only in ("all", "sqlite", "sustained")
     seeded: dict[int, Path] = {}
     for users in (small, medium, large) if with_sqlite else (medium,):
         started = time.perf_counter()
         seeded[users] = workdir / "seed" / f"{users}.db"
         seed_database(seeded[users], users)
         say(f"seeded {users:,} users in {time.perf_counter() - started:.1f} s")
-    with_stack = with_sqlite and stack_available()
+    with_stack = args.only != "postgres" and stack_available()
     with contextlib.ExitStack() as stack:
         database: PostgresDatabases | None = None
         if with_postgres:
@@ -638,9 +751,13 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
                 "cloned from a seeded template for every sample. DB CPU µs/req is the PostgreSQL "
                 "server's processes' CPU over the measured seconds per request."
             )
-        plan = scenarios(small, medium, large, with_stack, sqlite=with_sqlite, postgres=with_postgres)
         bench = Bench(workdir, args.duration, args.warmup, seeded, database)
-        run_plan(args, plan, bench, results)
+        if with_sqlite or with_postgres:
+            plan = scenarios(small, medium, large, with_stack, sqlite=with_sqlite, postgres=with_postgres)
+            run_plan(args, plan, bench, results)
+        if with_sustained:
+            results.sustained_s = args.sustained
+            results.sustained = run_sustained(bench, sustained_scenarios(medium, with_stack), args.sustained)
     if not with_sqlite:
         return results
     return finish(workdir, results, seeded[large], large, with_stack)
@@ -848,6 +965,27 @@ def table(results: Results) -> str:
     return "\n".join(lines)
 
 
+def sustained_table(results: Results) -> str:
+    lines = [
+        "| scenario | server | req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | WAL max MB "
+        "| RSS start MB | RSS end MB |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results.sustained:
+        lines.append(
+            f"| {r.scenario} | {LABELS[r.server]} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+            f"| {r.p999_ms:.2f} | {r.max_ms:.2f} | {r.errors} | {r.wal_max_mb:.1f} | {r.rss_start_mb:.1f} "
+            f"| {r.rss_end_mb:.1f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"One run of {results.sustained_s:g} s each after a 2 s warm-up, {CONNECTIONS} connections. WAL max: "
+        "the largest size of hello.db-wal, sampled every 50 ms. RSS: the worker's resident set after the "
+        "warm-up and at the end of the load."
+    )
+    return "\n".join(lines)
+
+
 def plot(results: Results, path: Path) -> None:
     import matplotlib
 
@@ -897,9 +1035,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="samples of every scenario; medians are shown")
     parser.add_argument(
         "--only",
-        choices=("all", "sqlite", "postgres"),
+        choices=("all", "sqlite", "postgres", "sustained"),
         default="all",
-        help="run only one profile's scenarios (each beside the bare app); the default runs both",
+        help="run only one profile's scenarios (each beside the bare app), or only the sustained writes; "
+        "the default runs everything",
+    )
+    parser.add_argument(
+        "--sustained",
+        type=float,
+        default=60.0,
+        help="seconds of each sustained scenario (PUTs, the mix; server alone, whole stack); 0 skips them",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: small databases, one 2 s round")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks.png")
@@ -915,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command = " ".join(["python scripts/bench.py", *(sys.argv[1:] if argv is None else argv)])
     if args.quick:
         args.duration, args.warmup, args.rounds = min(args.duration, 2.0), min(args.warmup, 1.0), 1
+        args.sustained = min(args.sustained, 5.0)
     if shutil.which("wrk") is None:
         say("wrk is not installed: install it with `apt-get install wrk` (Debian's package)")
         return 2
@@ -939,11 +1085,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"machine: {results.machine}\ncommand: {results.command}\n")
-    print(table(results))
+    if results.rows:
+        print(table(results))
     for note in results.notes:
         print(f"- {note}")
-    plot(results, args.plot)
-    print(f"\nplot: {args.plot}")
+    if results.sustained:
+        print(f"\nSustained load\n\n{sustained_table(results)}")
+    if results.rows:
+        plot(results, args.plot)
+        print(f"\nplot: {args.plot}")
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(results), indent=2))
     return 0
