@@ -49,6 +49,7 @@ import pysqlite3.dbapi2 as sqlite  # noqa: E402
 from scripts.pg_cluster import PostgresServer, server_binaries  # noqa: E402
 from service.db import connect, migrate  # noqa: E402
 from service.store.copy import copy_data  # noqa: E402
+from service.trace import Event  # noqa: E402
 
 CONNECTIONS = 64
 SERVER_CPU = 0
@@ -552,9 +553,12 @@ class Bench:
     def database(self, name: str) -> Path:
         return self.workdir / name / "hello.db"
 
-    def server(self, scenario: Scenario, name: str) -> AbstractContextManager[Server]:
+    def server(
+        self, scenario: Scenario, name: str, extra: Mapping[str, str] | None = None
+    ) -> AbstractContextManager[Server]:
         port = free_port()
         log = self.workdir / f"{name}.log"
+        extra = extra or {}
         if scenario.server == "reference":
             env = self.service_env(self.workdir / "unused.db", port)
             command = ["gunicorn", "-c", "gunicorn.conf.py", "scripts.bench_reference:app_factory"]
@@ -567,7 +571,7 @@ class Bench:
             return running(name, ["gunicorn", "-c", "gunicorn.conf.py"], env, port, log)
         database = self.database(name)
         copy_database(self.seeded[scenario.users], database)
-        env = self.service_env(database, port)
+        env = self.service_env(database, port) | dict(extra)
         if scenario.server == "service":
             return running(name, ["gunicorn", "-c", "gunicorn.conf.py"], env, port, log)
         env |= {
@@ -682,6 +686,115 @@ def run_sustained(bench: Bench, plan: Sequence[Scenario], seconds: float) -> lis
         )
         rows.append(row)
     return rows
+
+
+# ---- timeline of the stalls --------------------------------------------------------------------
+
+# Litestream's own checkpoints, from its log at DEBUG: time=... level=DEBUG msg=checkpoint ... result=a,b,c
+_LITESTREAM_CHECKPOINT = re.compile(
+    r"time=(\S+) level=DEBUG msg=checkpoint .*mode=(\w+) result=(\d+),(\d+),(\d+)"
+)
+_STALL = 0.005  # events at least this long are shown as stalls
+
+
+def litestream_checkpoints(log: Path) -> list[Event]:
+    """Litestream's checkpoints from its log: (kind, time, time, frames in the WAL then)."""
+    from datetime import datetime
+
+    found: list[Event] = []
+    for match in _LITESTREAM_CHECKPOINT.finditer(log.read_text(errors="replace")):
+        when = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
+        found.append((f"litestream-{match.group(2).lower()}", when, when, int(match.group(4))))
+    return found
+
+
+def describe_timeline(title: str, load: Load, events: Sequence[Event]) -> str:
+    """What the worker did: each kind's durations, what the slowest requests overlapped, the worst second."""
+    by_kind: dict[str, list[Event]] = {}
+    for event in events:
+        by_kind.setdefault(event[0], []).append(event)
+    lines = [
+        f"### {title}",
+        "",
+        f"wrk: {load.rps:,.0f} req/s, p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, "
+        f"p99.9 {load.p999_ms:.1f} ms, max {load.max_ms:.1f} ms, {load.errors} errors.",
+        "",
+        "| event | count | p50 ms | p99 ms | max ms | total s | rows or frames |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind in sorted(by_kind):
+        spans = sorted((end - start) * 1000 for _, start, end, _ in by_kind[kind])
+        counts = sum(count for *_, count in by_kind[kind])
+        lines.append(
+            f"| {kind} | {len(spans):,} | {percentile(spans, 50):.2f} | {percentile(spans, 99):.2f} "
+            f"| {spans[-1]:.2f} | {sum(spans) / 1000:.2f} | {counts:,} |"
+        )
+    slow = sorted(by_kind.get("slow", []), key=lambda e: e[1] - e[2])[
+        : max(1, len(by_kind.get("slow", [])) // 10)
+    ]
+    causes: dict[str, int] = {}
+    stalls = [e for e in events if e[0] not in ("slow", "write") and e[2] - e[1] >= _STALL]
+    for _, start, end, _ in slow:
+        overlapping = [e for e in stalls if e[1] < end and e[2] > start]
+        cause = (
+            max(overlapping, key=lambda e: min(e[2], end) - max(e[1], start))[0] if overlapping else "none"
+        )
+        causes[cause] = causes.get(cause, 0) + 1
+    lines += [
+        "",
+        f"The slowest tenth of the requests that took 10 ms or more ({len(slow):,}), by the stall of "
+        f"{_STALL * 1000:.0f} ms or more that overlapped each most: "
+        + ", ".join(f"{kind} {n:,}" for kind, n in sorted(causes.items(), key=lambda kv: -kv[1]))
+        + ".",
+    ]
+    if slow:
+        worst = slow[0]
+        window = [
+            e
+            for e in events
+            if e[2] >= worst[1] - 0.2
+            and e[1] <= worst[2] + 0.05
+            and (e[2] - e[1] >= 0.002 or e[0].startswith("litestream") or e[0] in ("backfill", "checkpoint"))
+        ]
+        lines += [
+            "",
+            f"Around the slowest request ({(worst[2] - worst[1]) * 1000:.0f} ms), ms from its start:",
+            "",
+        ]
+        lines += ["```"]
+        for kind, start, end, count in sorted(window, key=lambda e: e[1])[:40]:
+            lines.append(
+                f"{(start - worst[1]) * 1000:9.1f} {(end - worst[1]) * 1000:9.1f}  {kind:<20} {count}"
+            )
+        lines += ["```"]
+    return "\n".join(lines)
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * pct / 100))]
+
+
+def run_timeline(bench: Bench, users: int, seconds: float, with_stack: bool) -> str:
+    """Sustained PUTs with the worker's timeline on (TRACE_FILE), server alone and whole stack."""
+    from service.trace import load as load_events
+
+    parts = []
+    for server in ("service", "stack") if with_stack else ("service",):
+        scenario = Scenario("PUT, sustained, traced", server, "put", users)
+        bench.started += 1
+        name = f"timeline-{server}-{bench.started}"
+        trace = bench.workdir / name / "trace.jsonl"
+        extra = {"TRACE_FILE": str(trace), "LOG_LEVEL": "DEBUG"}
+        with bench.server(scenario, name, extra) as server_process:
+            script = bench.script("put", users)
+            run_wrk(server_process.port, script, 2.0)
+            load = run_wrk(server_process.port, script, seconds)
+        events = load_events(trace) + litestream_checkpoints(bench.workdir / f"{name}.log")
+        parts.append(describe_timeline(f"{LABELS[server]}, {seconds:g} s of PUTs", load, events))
+        say(parts[-1])
+    return "\n\n".join(parts)
 
 
 def stack_available() -> bool:
@@ -1051,6 +1164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
     parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="instead of the benchmark: sustained PUTs with the worker's timeline on (TRACE_FILE), "
+        "and what the slowest requests overlapped",
+    )
+    parser.add_argument(
         "--profile",
         choices=("get", "put", "mix"),
         help="instead of the benchmark: sample the service under this load with py-spy and print the profile "
@@ -1071,6 +1190,16 @@ def main(argv: list[str] | None = None) -> int:
         say("needs two cores: one for the server, one for wrk")
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="hello-bench-"))
+    if args.timeline:
+        try:
+            seeded = workdir / "seed" / "10000.db"
+            seed_database(seeded, 10_000)
+            bench = Bench(workdir, args.duration, args.warmup, {10_000: seeded})
+            print(run_timeline(bench, 10_000, args.sustained, stack_available()))
+        finally:
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     if args.profile:
         try:
             print(profile(args.profile, args.duration, workdir, on_postgres=args.only == "postgres"))

@@ -16,6 +16,7 @@ from service.metrics import Metrics
 from service.middlewares import observe
 from service.settings import Config
 from service.store import open_store
+from service.trace import TIMELINE, watch_loop_lag
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.A
     app[keys.DISK] = DiskGuard(
         config.database_path, config.disk_full_resume_mb * 1024 * 1024, metrics, app[keys.LITESTREAM]
     )
+    if config.trace_file is not None:
+        app.cleanup_ctx.append(_trace)
     app.cleanup_ctx.append(_write_guard)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_metrics_server)
@@ -115,6 +118,19 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     app[keys.STATE].metrics_port = sockets[0].getsockname()[1] if sockets else config.metrics_port
     yield
     await runner.cleanup()
+
+
+async def _trace(app: web.Application) -> AsyncIterator[None]:
+    """TRACE_FILE: record the timeline from start-up on, and write it out once everything is closed."""
+    path = app[keys.CONFIG].trace_file
+    assert path is not None
+    TIMELINE.start()
+    watcher = asyncio.create_task(watch_loop_lag(TIMELINE))
+    yield
+    watcher.cancel()
+    TIMELINE.stop()
+    await asyncio.to_thread(TIMELINE.dump, path)
+    log.info("timeline written", extra={"trace_file": str(path), "events": len(TIMELINE.events())})
 
 
 async def _close_disk_guard(app: web.Application) -> None:

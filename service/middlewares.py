@@ -17,6 +17,7 @@ from service import keys
 from service.logs import AccessLog
 from service.metrics import Metrics
 from service.problems import InternalError, Problem, from_http_exception
+from service.trace import SLOW_REQUEST, TIMELINE
 
 log = logging.getLogger("service.access")
 errors = logging.getLogger("service.errors")
@@ -70,6 +71,9 @@ def observe(metrics: Metrics) -> Middleware:
         route = route_label(request)
         status = response.status
         metrics.observe_request(route, request.method, status, seconds)
+        if seconds >= SLOW_REQUEST and TIMELINE.enabled:
+            now = time.time()
+            TIMELINE.record("slow", now - seconds, now, status)
         access.request(request.method, route, request.path, status, round(seconds * 1000, 3), request_id)
         return response
 

@@ -71,6 +71,9 @@ class Config:
     database_pool_size: int = 10
     database_statement_timeout: float = 2.0
     database_connect_timeout: float = 2.0
+    # Diagnostics: with a path set, the worker records a timeline of its write path, garbage
+    # collections and event-loop stalls, and writes it there when it stops (service/trace.py).
+    trace_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -105,6 +108,7 @@ class Config:
             database_connect_timeout=seconds_setting(
                 env, "DATABASE_CONNECT_TIMEOUT", defaults.database_connect_timeout, 0.05, 600
             ),
+            trace_file=Path(trace) if (trace := _text(env, "TRACE_FILE", "")) else None,
         )
         if config.port == config.metrics_port and config.port != 0:
             raise ConfigError(f"METRICS_PORT must differ from PORT (both are {config.port})")

@@ -11,8 +11,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 import pysqlite3.dbapi2 as sqlite
@@ -20,6 +22,8 @@ import pysqlite3.dbapi2 as sqlite
 from service.store.errors import StoreClosed
 from service.store.group_commit import GroupCommit
 from service.store.migrations import NotMigrated, load_migrations, migrations_dir, too_new
+from service.store.wal_index import WalIndex
+from service.trace import TIMELINE
 
 log = logging.getLogger(__name__)
 
@@ -109,33 +113,100 @@ def connect_reader(path: Path) -> sqlite.Connection:
 
 
 Row = tuple[str, str, str]
+T = TypeVar("T")
+
+
+# The writer waits for SQLite's write lock (held by Litestream while it seals the WAL and checkpoints)
+# by trying again every _LOCK_POLL seconds, for up to _LOCK_TIMEOUT in all. SQLite's own busy handler
+# sleeps 1, 2, 5, 10, ... up to 100 ms between tries, so a lock held for 40 ms was taken only after 53.
+_LOCK_POLL = 0.0005
+_LOCK_TIMEOUT = 5.0
 
 
 class _SqliteWriter:
-    """How the group commit writes on the one writing (aiosqlite) connection."""
+    """How the group commit writes: on the one writing connection, in a thread of its own.
+
+    A batch is one call on that thread (one hand-over there and back for the whole transaction):
+    wait for the write lock, insert every row, commit. With ``TRACE_FILE`` set it records each step
+    and any checkpoint that SQLite ran inside the COMMIT (service/trace.py).
+    """
 
     write_errors: tuple[type[Exception], ...] = (sqlite.Error,)
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite.Connection, path: Path) -> None:
         self._conn = conn
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._wal = WalIndex(path)
+
+    async def call(self, function: Callable[[], T]) -> T:
+        """Run ``function`` on the writer's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function)
 
     async def write_batch(self, rows: Sequence[Row]) -> None:
-        try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            await self._conn.executemany(_UPSERT, rows)
-            await self._conn.execute("COMMIT")
-        except sqlite.Error:
-            if self._conn.in_transaction:
-                with contextlib.suppress(sqlite.Error):
-                    await self._conn.execute("ROLLBACK")
-            raise
+        await self.call(lambda: self._write(rows))
 
     async def write_one(self, row: Row) -> None:
-        # A single autocommit statement: committed when execute() returns.
-        await self._conn.execute(_UPSERT, row)
+        await self.call(lambda: self._write((row,)))
 
     def fails_every_write(self, exc: BaseException) -> bool:
         return is_disk_full(exc)
+
+    async def close(self) -> None:
+        try:
+            await self.call(self._conn.close)
+        finally:
+            self._thread.shutdown(wait=True)
+            self._wal.close()
+
+    def _write(self, rows: Sequence[Row]) -> None:
+        conn = self._conn
+        started = time.time()
+        self._begin()
+        locked = time.time()
+        try:
+            conn.executemany(_UPSERT, rows)
+            written = time.time()
+            before = self._wal.frames() if TIMELINE.enabled else None
+            conn.execute("COMMIT")
+        except sqlite.Error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        if TIMELINE.enabled:
+            committed = time.time()
+            TIMELINE.record("lock", started, locked)
+            TIMELINE.record("write", locked, written, len(rows))
+            TIMELINE.record("commit", written, committed)
+            after = self._wal.frames()
+            if before is not None and after is not None and after[1] > before[1]:
+                TIMELINE.record("backfill", written, committed, after[1] - before[1])
+
+    def _begin(self) -> None:
+        self._when_free(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+
+    def schema_version(self) -> int:
+        """The database's schema version, read on the writing connection."""
+        return int(self._when_free(lambda: self._conn.execute(_SCHEMA_VERSION).fetchone()[0]))
+
+    @staticmethod
+    def _when_free(step: Callable[[], T]) -> T:
+        """``step``, tried again every _LOCK_POLL while another connection holds a lock it needs."""
+        deadline = time.monotonic() + _LOCK_TIMEOUT
+        while True:
+            try:
+                return step()
+            except sqlite.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) not in _BUSY_CODES or time.monotonic() > deadline:
+                    raise
+            time.sleep(_LOCK_POLL)
+
+
+def _connect_writer(path: Path) -> sqlite.Connection:
+    conn = connect(path)
+    # The writer waits for the lock itself (_SqliteWriter._begin), in steps of half a millisecond.
+    conn.execute("PRAGMA busy_timeout = 0")
+    return conn
 
 
 async def _open_aiosqlite(connector: Callable[[], sqlite.Connection]) -> aiosqlite.Connection:
@@ -160,10 +231,10 @@ class SqliteStore:
     fetches the row and finishes the statement before returning, so no statement stays open across
     an await (the "database is locked" upgrade trap cannot arise on a connection that never writes).
 
-    Writes: one aiosqlite connection, so on a thread of its own and never the loop's, since a commit
-    can wait for Litestream's lock or run a checkpoint. Concurrent upserts share one transaction
-    (``GroupCommit``). A full count, tens of milliseconds at a million users, runs on a second
-    aiosqlite connection that can only read, so that queued writes never wait for it.
+    Writes: one connection on a thread of its own and never the loop's, since a commit can wait for
+    Litestream's lock or run a checkpoint. Concurrent upserts share one transaction (``GroupCommit``).
+    A full count, tens of milliseconds at a million users, runs on a second aiosqlite connection that
+    can only read, so that queued writes never wait for it.
     """
 
     backend = "sqlite"
@@ -171,15 +242,15 @@ class SqliteStore:
     def __init__(
         self,
         reader: sqlite.Connection,
-        writer: aiosqlite.Connection,
+        writer: sqlite.Connection,
         counter: aiosqlite.Connection,
         schema_version: int,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self._reader = reader
         self._read_cursor = reader.cursor()
-        self._writer = writer
-        self._writes: GroupCommit[Row] = GroupCommit(_SqliteWriter(writer))
+        self._writer = _SqliteWriter(writer, Path(reader.execute("PRAGMA database_list").fetchone()[2]))
+        self._writes: GroupCommit[Row] = GroupCommit(self._writer)
         self._counter = counter
         self._schema_version = schema_version
         self._observe = observe
@@ -198,7 +269,7 @@ class SqliteStore:
         migrations: Path | None = None,
     ) -> "SqliteStore":
         version = await asyncio.to_thread(migrate, path, migrations)
-        writer = await _open_aiosqlite(lambda: connect(path))
+        writer = await asyncio.to_thread(_connect_writer, path)
         try:
             counter = await _open_aiosqlite(lambda: _connect_counter(path))
             try:
@@ -207,7 +278,7 @@ class SqliteStore:
                 await counter.close()
                 raise
         except BaseException:
-            await writer.close()
+            writer.close()
             raise
         return cls(reader, writer, counter, version, observe)
 
@@ -269,11 +340,10 @@ class SqliteStore:
         """
         started = time.perf_counter()
         try:
-            rows = await self._writer.execute_fetchall(_SCHEMA_VERSION)
+            version = await self._writer.call(self._writer.schema_version)
         finally:
             if self._observe is not None:
                 self._observe("ready", time.perf_counter() - started)
-        version = int(next(iter(rows))[0])
         if version != self._schema_version:
             raise NotMigrated(f"schema version {version}, expected {self._schema_version}")
 
