@@ -1,6 +1,7 @@
 """The application factory: all wiring happens here, and everything hangs off the app."""
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime
@@ -41,6 +42,7 @@ def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.A
     app.cleanup_ctx.append(_write_guard)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_metrics_server)
+    app.on_startup.append(_freeze_start_up_objects)
     app.on_shutdown.append(_drain)
     app.on_cleanup.append(_close_disk_guard)
 
@@ -118,6 +120,14 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     app[keys.STATE].metrics_port = sockets[0].getsockname()[1] if sockets else config.metrics_port
     yield
     await runner.cleanup()
+
+
+async def _freeze_start_up_objects(app: web.Application) -> None:
+    """Objects made during start-up (modules, the app, the store) live as long as the worker: moved
+    out of the collector's sight, a full collection no longer walks them. Under sustained PUTs the
+    full collections took up to 20 ms before (``python scripts/bench.py --timeline``)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _trace(app: web.Application) -> AsyncIterator[None]:

@@ -19,6 +19,7 @@ from typing import TypeVar
 import aiosqlite
 import pysqlite3.dbapi2 as sqlite
 
+from service.store.checkpointer import Checkpointer, checkpoint_passive
 from service.store.errors import StoreClosed
 from service.store.group_commit import GroupCommit
 from service.store.migrations import NotMigrated, load_migrations, migrations_dir, too_new
@@ -137,6 +138,7 @@ class _SqliteWriter:
         self._conn = conn
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._wal = WalIndex(path)
+        self._checkpointer = Checkpointer.open(path, self._wal)
 
     async def call(self, function: Callable[[], T]) -> T:
         """Run ``function`` on the writer's thread."""
@@ -153,6 +155,7 @@ class _SqliteWriter:
 
     async def close(self) -> None:
         try:
+            await asyncio.to_thread(self._checkpointer.close)
             await self.call(self._conn.close)
         finally:
             self._thread.shutdown(wait=True)
@@ -160,6 +163,8 @@ class _SqliteWriter:
 
     def _write(self, rows: Sequence[Row]) -> None:
         conn = self._conn
+        if self._checkpointer.restart_due():
+            checkpoint_passive(conn, self._wal, "restart-checkpoint")
         started = time.time()
         self._begin()
         locked = time.time()
@@ -173,6 +178,7 @@ class _SqliteWriter:
                 with contextlib.suppress(sqlite.Error):
                     conn.execute("ROLLBACK")
             raise
+        self._checkpointer.after_commit()
         if TIMELINE.enabled:
             committed = time.time()
             TIMELINE.record("lock", started, locked)
@@ -206,6 +212,8 @@ def _connect_writer(path: Path) -> sqlite.Connection:
     conn = connect(path)
     # The writer waits for the lock itself (_SqliteWriter._begin), in steps of half a millisecond.
     conn.execute("PRAGMA busy_timeout = 0")
+    # Checkpoints run on a thread of their own (service/store/checkpointer.py), not in its COMMITs.
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
     return conn
 
 

@@ -1,0 +1,125 @@
+"""Checkpoints off the writer's path: a thread of their own copies the WAL into the database file.
+
+SQLite's automatic checkpoint runs inside the COMMIT that takes the WAL past 1000 frames, on the
+writer's thread, and every write queued behind it waits: under sustained PUTs that was one COMMIT in
+thirty, taking 10 ms at the median and up to 57 ms, and it was the cause of most of the slowest
+answers (``python scripts/bench.py --timeline``; docs/benchmarks.md). Here the writing connection
+has its automatic checkpoint off, and ``Checkpointer`` runs ``wal_checkpoint(PASSIVE)`` on a
+connection of its own when the writer reports CHECKPOINT_FRAMES frames not yet copied. A passive
+checkpoint never takes the write lock and never waits for readers, so commits go on meanwhile.
+
+The WAL file starts over from its beginning only when a write transaction begins while every frame
+has been copied; under writes that never pause that moment may not come. So once the WAL holds
+RESTART_FRAMES frames and the thread has copied all but a few, the writer copies those few itself
+before its next transaction (``Checkpointer.restart_due``) and the WAL starts over: it cannot grow
+without bound.
+
+With Litestream running, its long-lived read transaction keeps any other connection's checkpoint from
+copying past it, and Litestream checkpoints (and restarts the WAL) itself. The thread's checkpoints
+then copy nothing; after one that copied nothing it waits IDLE_PAUSE before the next.
+"""
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pysqlite3.dbapi2 as sqlite
+
+from service.store.wal_index import WalIndex
+from service.trace import TIMELINE
+
+log = logging.getLogger(__name__)
+
+# SQLite's own default for its automatic checkpoint: about 4 MB of 4 KiB pages.
+CHECKPOINT_FRAMES = 1000
+# Past this (32 MiB of 4 KiB pages), the writer finishes the copy so that the WAL starts over...
+RESTART_FRAMES = 8192
+# ...provided no more than this is left to copy (a short checkpoint on the writer's thread).
+CATCH_UP_FRAMES = 256
+# Between two checkpoints, at least this long; after one that copied nothing, this long.
+MIN_PAUSE = 0.02
+IDLE_PAUSE = 0.05
+# A checkpoint that keeps failing is logged at most this often (seconds).
+WARNING_EVERY = 60.0
+_last_warning = float("-inf")
+
+
+class Checkpointer:
+    """A thread that runs passive checkpoints on its own connection when ``nudge`` says so."""
+
+    def __init__(self, conn: sqlite.Connection, wal: WalIndex, wal_path: Path) -> None:
+        self._conn = conn
+        self._wal_path = wal_path
+        self._wal = wal
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpointer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, path: Path, wal: WalIndex) -> "Checkpointer":
+        conn = sqlite.connect(str(path), isolation_level=None, check_same_thread=False)
+        return cls(conn, wal, Path(f"{path}-wal"))
+
+    def after_commit(self) -> None:
+        """Called by the writer after each COMMIT: wake the thread if enough is left to copy."""
+        frames = self._wal.frames()
+        if frames is not None and frames[0] - frames[1] >= CHECKPOINT_FRAMES:
+            self._wake.set()
+
+    def restart_due(self) -> bool:
+        """Whether the writer should copy the last frames itself now, so that the WAL starts over."""
+        frames = self._wal.frames()
+        return frames is not None and frames[0] >= RESTART_FRAMES and frames[0] - frames[1] <= CATCH_UP_FRAMES
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            copied = checkpoint_passive(self._conn, self._wal, "checkpoint")
+            if not copied:
+                self._flush_wal()
+            time.sleep(MIN_PAUSE if copied else IDLE_PAUSE)
+
+    def _flush_wal(self) -> None:
+        started = time.time()
+        try:
+            fd = os.open(self._wal_path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+        TIMELINE.record("wal-flush", started, time.time())
+
+
+def checkpoint_passive(conn: sqlite.Connection, wal: WalIndex, event: str) -> int:
+    """A passive checkpoint on ``conn``; the frames it copied (0 when it could not run)."""
+    before = wal.frames()
+    started = time.time()
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite.Error as exc:
+        # A full disk, say: the writes meet it too and answer for it; meanwhile the WAL grows.
+        global _last_warning
+        if started - _last_warning >= WARNING_EVERY:
+            _last_warning = started
+            log.warning("checkpoint failed", extra={"reason": str(exc)})
+        return 0
+    after = wal.frames()
+    copied = after[1] - before[1] if before is not None and after is not None and after[1] > before[1] else 0
+    TIMELINE.record(event, started, time.time(), copied)
+    return copied
