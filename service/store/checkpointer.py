@@ -10,7 +10,7 @@ checkpoint never takes the write lock and never waits for readers, so commits go
 
 The WAL file starts over from its beginning only when a write transaction begins while every frame
 has been copied; under writes that never pause that moment may not come. So once the WAL holds
-RESTART_FRAMES frames and the thread has copied all but a few, the writer copies those few itself
+RESTART_FRAMES frames and the thread has copied all but the last few hundred, the writer copies those itself
 before its next transaction (``Checkpointer.restart_due``) and the WAL starts over: it cannot grow
 without bound.
 
@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FRAMES = 1000
 # Past this (32 MiB of 4 KiB pages), the writer finishes the copy so that the WAL starts over...
 RESTART_FRAMES = 8192
-# ...provided no more than this is left to copy (a short checkpoint on the writer's thread).
-CATCH_UP_FRAMES = 256
+# ...provided no more than this is left to copy: at worst what SQLite's automatic checkpoint did in
+# the COMMIT of every 1000 frames, now once in 8192, and mostly far less (the thread copied the rest).
+CATCH_UP_FRAMES = 1000
 # Between two checkpoints, at least this long; after one that copied nothing, this long.
 MIN_PAUSE = 0.02
 IDLE_PAUSE = 0.05
