@@ -55,9 +55,13 @@ CONNECTIONS = 64
 SERVER_CPU = 0
 LOAD_CPU = 1
 HOST = "127.0.0.1"
+# A server name ending so runs under this gunicorn worker class instead of gunicorn.conf.py's.
+OTHER_LOOP = ("-asyncio", "aiohttp.GunicornWebWorker")
 LABELS = {
     "reference": "bare aiohttp",
     "service": "service",
+    "reference-asyncio": "bare aiohttp, asyncio loop",
+    "service-asyncio": "service, asyncio loop",
     "postgres": "service on PostgreSQL",
     "stack": "service + Litestream",
 }
@@ -558,9 +562,15 @@ class Bench:
     ) -> AbstractContextManager[Server]:
         port = free_port()
         log = self.workdir / f"{name}.log"
-        extra = extra or {}
+        extra = dict(extra or {})
+        suffix, worker_class = OTHER_LOOP
+        if scenario.server.endswith(suffix):
+            extra["GUNICORN_CMD_ARGS"] = f"--worker-class {worker_class}"
+            scenario = Scenario(
+                scenario.title, scenario.server.removesuffix(suffix), scenario.kind, scenario.users
+            )
         if scenario.server == "reference":
-            env = self.service_env(self.workdir / "unused.db", port)
+            env = self.service_env(self.workdir / "unused.db", port) | extra
             command = ["gunicorn", "-c", "gunicorn.conf.py", "scripts.bench_reference:app_factory"]
             return running(name, command, env, port, log)
         if scenario.server == "postgres":
@@ -802,15 +812,26 @@ def stack_available() -> bool:
 
 
 def scenarios(
-    small: int, medium: int, large: int, with_stack: bool, sqlite: bool = True, postgres: bool = False
+    small: int,
+    medium: int,
+    large: int,
+    with_stack: bool,
+    sqlite: bool = True,
+    postgres: bool = False,
+    other_loop: bool = False,
 ) -> list[Scenario]:
-    """The run's plan: for each of GET, PUT and the mix, the bare app, then SQLite, then PostgreSQL."""
+    """The run's plan: for each of GET, PUT and the mix, the bare app, then SQLite, then PostgreSQL;
+    with ``other_loop``, the bare app and SQLite under the other worker class too."""
     get, put, mix = f"GET, {medium:,} users", "PUT (new and existing users)", "90% GET / 10% PUT"
     found: list[Scenario] = []
+    suffix = OTHER_LOOP[0]
     for title, kind in ((get, "get"), (put, "put"), (mix, "mix")):
         found.append(Scenario(title, "reference", kind, medium))
         if sqlite:
             found.append(Scenario(title, "service", kind, medium, baseline=title))
+        if sqlite and other_loop:
+            found.append(Scenario(title, "reference" + suffix, kind, medium))
+            found.append(Scenario(title, "service" + suffix, kind, medium, baseline=title))
         if postgres:
             found.append(Scenario(title, "postgres", kind, medium, baseline=title))
     if not sqlite:
@@ -866,7 +887,9 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
             )
         bench = Bench(workdir, args.duration, args.warmup, seeded, database)
         if with_sqlite or with_postgres:
-            plan = scenarios(small, medium, large, with_stack, sqlite=with_sqlite, postgres=with_postgres)
+            plan = scenarios(
+                small, medium, large, with_stack, with_sqlite, with_postgres, other_loop=args.other_loop
+            )
             run_plan(args, plan, bench, results)
         if with_sustained:
             results.sustained_s = args.sustained
@@ -895,7 +918,10 @@ def run_plan(args: argparse.Namespace, plan: Sequence[Scenario], bench: Bench, r
     for scenario in plan:
         row = rows[(scenario.title, scenario.server)]
         if scenario.baseline is not None:
-            base = rows.get((scenario.baseline, "reference")) or rows[(scenario.baseline, "service")]
+            reference = (
+                "reference" + OTHER_LOOP[0] if scenario.server.endswith(OTHER_LOOP[0]) else "reference"
+            )
+            base = rows.get((scenario.baseline, reference)) or rows[(scenario.baseline, "service")]
             row.ratio = row.rps / base.rps
             row.ratio_of = f"{base.scenario}, {base.server}"
         results.rows.append(row)
@@ -1106,19 +1132,26 @@ def plot(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = list(dict.fromkeys(r.scenario for r in results.rows))
-    colours = {"reference": "#9e9e9e", "service": "#1f77b4", "postgres": "#2ca02c", "stack": "#ff7f0e"}
+    colours = {
+        "reference": "#9e9e9e",
+        "service": "#1f77b4",
+        "reference-asyncio": "#d0d0d0",
+        "service-asyncio": "#17becf",
+        "postgres": "#2ca02c",
+        "stack": "#ff7f0e",
+    }
     panels: tuple[tuple[str, Callable[[Row], float]], ...] = (
         ("throughput (requests/s, higher is better)", lambda r: r.rps),
         ("p99 latency (ms)", lambda r: r.p99_ms),
         ("server CPU per request (µs)", lambda r: r.cpu_us),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(16, 5.5))
-    width = 0.2
-    for offset, server in enumerate(LABELS):
+    servers = [server for server in LABELS if any(r.server == server for r in results.rows)]
+    width = 0.8 / max(len(servers), 1)
+    for offset, server in enumerate(servers):
         rows = {r.scenario: r for r in results.rows if r.server == server}
-        xs = [i + (offset - 1.5) * width for i, scenario in enumerate(scenarios) if scenario in rows]
-        if not xs:
-            continue
+        shift = (offset - (len(servers) - 1) / 2) * width
+        xs = [i + shift for i, scenario in enumerate(scenarios) if scenario in rows]
         for ax, (_, value) in zip(axes, panels, strict=True):
             ys = [value(rows[scenario]) for scenario in scenarios if scenario in rows]
             ax.bar(xs, ys, width, label=LABELS[server], color=colours[server])
@@ -1163,6 +1196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, databases)")
+    parser.add_argument(
+        "--other-loop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also run the bare app and the service under {OTHER_LOOP[1]} (default: on)",
+    )
     parser.add_argument(
         "--timeline",
         action="store_true",
