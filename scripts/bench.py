@@ -589,7 +589,7 @@ class Bench:
             "LITESTREAM_METRICS_ADDR": f"{HOST}:{free_port()}",
             "LITESTREAM_SOCKET": str(self.workdir / f"litestream-{self.started}.sock"),
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-        }
+        } | extra
         return running(name, ["bash", "scripts/start.sh"], env, port, log, 120)
 
     def service_env(self, database: Path, port: int) -> dict[str, str]:
@@ -764,6 +764,7 @@ def describe_timeline(title: str, load: Load, events: Sequence[Event]) -> str:
             for e in events
             if e[2] >= worst[1] - 0.2
             and e[1] <= worst[2] + 0.05
+            and e[0] != "slow"
             and (e[2] - e[1] >= 0.002 or e[0].startswith("litestream") or e[0] in ("backfill", "checkpoint"))
         ]
         lines += [
@@ -778,6 +779,25 @@ def describe_timeline(title: str, load: Load, events: Sequence[Event]) -> str:
             )
         lines += ["```"]
     return "\n".join(lines)
+
+
+def litestream_checkpoint_figures(address: str) -> tuple[float, float] | None:
+    """Litestream's passive checkpoints so far: (count, seconds in all), from its metrics."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    figures = {"count": 0.0, "seconds": 0.0}
+    for line in text.splitlines():
+        match = re.match(r'litestream_checkpoint_(count|seconds)\{[^}]*mode="PASSIVE"[^}]*\} (\S+)', line)
+        if match:
+            figures[match.group(1)] += float(match.group(2))
+    return figures["count"], figures["seconds"]
 
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float:
@@ -796,13 +816,26 @@ def run_timeline(bench: Bench, users: int, seconds: float, with_stack: bool) -> 
         bench.started += 1
         name = f"timeline-{server}-{bench.started}"
         trace = bench.workdir / name / "trace.jsonl"
-        extra = {"TRACE_FILE": str(trace), "LOG_LEVEL": "DEBUG"}
+        litestream = f"{HOST}:{free_port()}"
+        extra = {"TRACE_FILE": str(trace), "LOG_LEVEL": "DEBUG", "LITESTREAM_METRICS_ADDR": litestream}
         with bench.server(scenario, name, extra) as server_process:
             script = bench.script("put", users)
             run_wrk(server_process.port, script, 2.0)
+            measured_from = time.time()
+            before = litestream_checkpoint_figures(litestream) if server == "stack" else None
             load = run_wrk(server_process.port, script, seconds)
+            after = litestream_checkpoint_figures(litestream) if server == "stack" else None
         events = load_events(trace) + litestream_checkpoints(bench.workdir / f"{name}.log")
-        parts.append(describe_timeline(f"{LABELS[server]}, {seconds:g} s of PUTs", load, events))
+        events = [event for event in events if event[2] >= measured_from]
+        text = describe_timeline(f"{LABELS[server]}, {seconds:g} s of PUTs", load, events)
+        if before is not None and after is not None and after[0] > before[0]:
+            count, total = after[0] - before[0], after[1] - before[1]
+            text += (
+                f"\n\nLitestream's own metrics over the load: {count:.0f} passive checkpoints, "
+                f"{total * 1000 / count:.1f} ms each on average (litestream_checkpoint_seconds), held "
+                "under its write lock."
+            )
+        parts.append(text)
         say(parts[-1])
     return "\n\n".join(parts)
 
