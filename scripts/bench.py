@@ -49,7 +49,9 @@ import pysqlite3.dbapi2 as sqlite  # noqa: E402
 from scripts.pg_cluster import PostgresServer, server_binaries  # noqa: E402
 from service.db import connect, migrate  # noqa: E402
 from service.store.copy import copy_data  # noqa: E402
-from service.trace import Event  # noqa: E402
+
+# A timeline event as service/trace.py writes it: (kind, start, end, count).
+Event = tuple[str, float, float, int]
 
 CONNECTIONS = 64
 SERVER_CPU = 0
@@ -62,9 +64,13 @@ LABELS = {
     "service": "service",
     "reference-asyncio": "bare aiohttp, asyncio loop",
     "service-asyncio": "service, asyncio loop",
+    "service-before": "service, before",
     "postgres": "service on PostgreSQL",
     "stack": "service + Litestream",
+    "stack-before": "service + Litestream, before",
 }
+# A server name ending so runs from the checkout given with --before (another revision of the service).
+BEFORE = "-before"
 
 # Seeded users are "u" plus five lowercase letters, the index in base 26: sorted by index, so the
 # seeding insert appends to the primary key's B-tree; the wrk scripts compute the same names.
@@ -332,14 +338,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running(
-    name: str, command: Sequence[str], env: Mapping[str, str], port: int, log: Path, timeout: float = 60.0
+    name: str,
+    command: Sequence[str],
+    env: Mapping[str, str],
+    port: int,
+    log: Path,
+    timeout: float = 60.0,
+    cwd: Path = ROOT,
 ) -> Iterator[Server]:
-    """Start ``command`` pinned to the server core; yield once ``/readyz`` answers 200; stop it."""
+    """Start ``command`` in ``cwd`` pinned to the server core; yield once ``/readyz`` answers 200; stop it."""
     with log.open("ab") as log_file:
         started = time.perf_counter()
         process = subprocess.Popen(
             ["taskset", "-c", str(SERVER_CPU), *command],
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **env},
             stdout=log_file,
             stderr=log_file,
@@ -494,8 +506,10 @@ class Bench:
         warmup: float,
         seeded: Mapping[int, Path],
         postgres: PostgresDatabases | None = None,
+        before: Path | None = None,
     ) -> None:
         self.workdir = workdir
+        self.before = before
         self.duration = duration
         self.warmup = warmup
         self.seeded = seeded
@@ -563,6 +577,14 @@ class Bench:
         port = free_port()
         log = self.workdir / f"{name}.log"
         extra = dict(extra or {})
+        cwd = ROOT
+        if scenario.server.endswith(BEFORE):
+            if self.before is None:
+                raise RuntimeError("a scenario of the earlier revision without --before")
+            cwd = self.before
+            scenario = Scenario(
+                scenario.title, scenario.server.removesuffix(BEFORE), scenario.kind, scenario.users
+            )
         suffix, worker_class = OTHER_LOOP
         if scenario.server.endswith(suffix):
             extra["GUNICORN_CMD_ARGS"] = f"--worker-class {worker_class}"
@@ -578,19 +600,19 @@ class Bench:
                 raise RuntimeError("a PostgreSQL scenario without a PostgreSQL server")
             env = self.service_env(self.workdir / "unused.db", port)
             env["DATABASE_URL"] = self.postgres.fresh(scenario.users)
-            return running(name, ["gunicorn", "-c", "gunicorn.conf.py"], env, port, log)
+            return running(name, ["gunicorn", "-c", "gunicorn.conf.py"], env, port, log, cwd=cwd)
         database = self.database(name)
         copy_database(self.seeded[scenario.users], database)
         env = self.service_env(database, port) | dict(extra)
         if scenario.server == "service":
-            return running(name, ["gunicorn", "-c", "gunicorn.conf.py"], env, port, log)
+            return running(name, ["gunicorn", "-c", "gunicorn.conf.py"], env, port, log, cwd=cwd)
         env |= {
             "REPLICA_URL": f"file://{self.workdir / name / 'replica'}",
             "LITESTREAM_METRICS_ADDR": f"{HOST}:{free_port()}",
             "LITESTREAM_SOCKET": str(self.workdir / f"litestream-{self.started}.sock"),
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         } | extra
-        return running(name, ["bash", "scripts/start.sh"], env, port, log, 120)
+        return running(name, ["bash", "scripts/start.sh"], env, port, log, 120, cwd=cwd)
 
     def service_env(self, database: Path, port: int) -> dict[str, str]:
         return {
@@ -674,9 +696,12 @@ class FileWatcher:
                 return
 
 
-def sustained_scenarios(users: int, with_stack: bool) -> list[Scenario]:
-    """PUTs, then the mix, on the production server alone and on the whole stack with Litestream."""
-    servers = ("service", "stack") if with_stack else ("service",)
+def sustained_scenarios(users: int, with_stack: bool, before: bool = False) -> list[Scenario]:
+    """PUTs, then the mix, on the production server alone and on the whole stack with Litestream;
+    with ``before``, each right after the same under the earlier revision (--before)."""
+    servers: tuple[str, ...] = ("service", "stack") if with_stack else ("service",)
+    if before:
+        servers = tuple(name for server in servers for name in (server + BEFORE, server))
     return [
         Scenario(title, server, kind, users)
         for title, kind in (("PUT, sustained", "put"), ("90% GET / 10% PUT, sustained", "mix"))
@@ -852,6 +877,7 @@ def scenarios(
     sqlite: bool = True,
     postgres: bool = False,
     other_loop: bool = False,
+    before: bool = False,
 ) -> list[Scenario]:
     """The run's plan: for each of GET, PUT and the mix, the bare app, then SQLite, then PostgreSQL;
     with ``other_loop``, the bare app and SQLite under the other worker class too."""
@@ -865,6 +891,8 @@ def scenarios(
         if sqlite and other_loop:
             found.append(Scenario(title, "reference" + suffix, kind, medium))
             found.append(Scenario(title, "service" + suffix, kind, medium, baseline=title))
+        if sqlite and before:
+            found.append(Scenario(title, "service" + BEFORE, kind, medium, baseline=title))
         if postgres:
             found.append(Scenario(title, "postgres", kind, medium, baseline=title))
     if not sqlite:
@@ -918,15 +946,23 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
                 "cloned from a seeded template for every sample. DB CPU µs/req is the PostgreSQL "
                 "server's processes' CPU over the measured seconds per request."
             )
-        bench = Bench(workdir, args.duration, args.warmup, seeded, database)
+        bench = Bench(workdir, args.duration, args.warmup, seeded, database, args.before)
         if with_sqlite or with_postgres:
             plan = scenarios(
-                small, medium, large, with_stack, with_sqlite, with_postgres, other_loop=args.other_loop
+                small,
+                medium,
+                large,
+                with_stack,
+                with_sqlite,
+                with_postgres,
+                other_loop=args.other_loop,
+                before=args.before is not None,
             )
             run_plan(args, plan, bench, results)
         if with_sustained:
             results.sustained_s = args.sustained
-            results.sustained = run_sustained(bench, sustained_scenarios(medium, with_stack), args.sustained)
+            plan = sustained_scenarios(medium, with_stack, before=args.before is not None)
+            results.sustained = run_sustained(bench, plan, args.sustained)
     if not with_sqlite:
         return results
     return finish(workdir, results, seeded[large], large, with_stack)
@@ -954,7 +990,11 @@ def run_plan(args: argparse.Namespace, plan: Sequence[Scenario], bench: Bench, r
             reference = (
                 "reference" + OTHER_LOOP[0] if scenario.server.endswith(OTHER_LOOP[0]) else "reference"
             )
-            base = rows.get((scenario.baseline, reference)) or rows[(scenario.baseline, "service")]
+            base = (
+                rows.get((scenario.baseline, reference))
+                or rows.get((scenario.baseline, "reference"))
+                or rows[(scenario.baseline, "service")]
+            )
             row.ratio = row.rps / base.rps
             row.ratio_of = f"{base.scenario}, {base.server}"
         results.rows.append(row)
@@ -1170,6 +1210,8 @@ def plot(results: Results, path: Path) -> None:
         "service": "#1f77b4",
         "reference-asyncio": "#d0d0d0",
         "service-asyncio": "#17becf",
+        "service-before": "#aec7e8",
+        "stack-before": "#ffbb78",
         "postgres": "#2ca02c",
         "stack": "#ff7f0e",
     }
@@ -1234,6 +1276,13 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help=f"also run the bare app and the service under {OTHER_LOOP[1]} (default: on)",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a checkout of an earlier revision (git worktree add PATH REV): its service runs beside this "
+        "one in GET, PUT, the mix and the sustained scenarios, from the same run",
     )
     parser.add_argument(
         "--timeline",
