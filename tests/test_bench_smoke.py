@@ -8,8 +8,9 @@ The PostgreSQL test skips and says why without Debian's ``postgresql`` package, 
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,23 @@ from pytest_aiohttp import AiohttpClient
 
 from scripts.bench import (
     SERVER_CPU,
+    FileWatcher,
+    Load,
     PostgresDatabases,
     Results,
     Row,
+    SustainedRow,
     birthday_for,
+    describe_timeline,
+    litestream_checkpoints,
     lua_script,
     peak_rss_mb,
     plot,
     postgres_databases,
     scenarios,
     seed_database,
+    sustained_scenarios,
+    sustained_table,
     table,
     username_for,
 )
@@ -149,3 +157,65 @@ async def test_the_bench_starts_postgresql_and_the_service_answers_on_it(
     assert (await client.put("/hello/newcomer", json={"dateOfBirth": "1990-01-01"})).status == 204
     rows = databases.server.sql("SELECT count(*) FROM users", url.rsplit("/", 1)[1].split("?")[0])
     assert rows == [["51"]]
+
+
+def test_the_sustained_plan_puts_each_revision_and_profile_side_by_side() -> None:
+    plan = sustained_scenarios(10_000, with_stack=True, before=True)
+    assert [(s.kind, s.server) for s in plan] == [
+        ("put", "service-before"), ("put", "service"), ("put", "stack-before"), ("put", "stack"),
+        ("mix", "service-before"), ("mix", "service"), ("mix", "stack-before"), ("mix", "stack"),
+    ]  # fmt: skip
+    assert [s.server for s in sustained_scenarios(10, with_stack=False)] == ["service", "service"]
+    both = scenarios(100, 1_000, 10_000, with_stack=False, other_loop=True, before=True)
+    put = [s.server for s in both if s.kind == "put"]
+    assert put == ["reference", "service", "reference-asyncio", "service-asyncio", "service-before"]
+
+
+def test_the_sustained_table_shows_the_tail_the_wal_and_memory() -> None:
+    row = SustainedRow("PUT, sustained", "stack", 7000.0, 6.0, 20.0, 45.5, 60.25, 0, 14.7, 42.2, 43.0)
+    results = Results("2 cores", "python scripts/bench.py", 8.0, 1, sustained=[row], sustained_s=60)
+    text = sustained_table(results)
+    assert "| PUT, sustained | service + Litestream | 7,000 | 6.00 | 20.00 | 45.50 | 60.25 | 0 |" in text
+    assert "| 14.7 | 42.2 | 43.0 |" in text
+    assert "60 s" in text
+
+
+def test_the_file_watcher_keeps_the_largest_size(tmp_path: Path) -> None:
+    path = tmp_path / "hello.db-wal"
+    with FileWatcher(path, interval=0.005) as watcher:
+        path.write_bytes(b"x" * 5000)
+        deadline = time.monotonic() + 5
+        while watcher.largest < 5000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        path.write_bytes(b"x" * 10)
+        time.sleep(0.05)
+    assert watcher.largest == 5000
+
+
+def test_litestream_checkpoints_are_read_from_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "stack.log"
+    log.write_text(
+        "time=2026-12-03T13:00:00.250Z level=DEBUG msg=checkpoint db=/d/hello.db mode=PASSIVE "
+        "result=0,3120,3120\n"
+        '{"time": "2026-12-03T13:00:00.300+00:00", "level": "info", "message": "request"}\n'
+        "time=2026-12-03T13:00:00.500Z level=INFO msg=replicating db=/d/hello.db\n"
+    )
+    when = datetime(2026, 12, 3, 13, 0, 0, 250_000, tzinfo=UTC).timestamp()
+    assert litestream_checkpoints(log) == [("litestream-passive", when, when, 3120)]
+
+
+def test_the_timeline_names_the_stall_under_the_slowest_requests() -> None:
+    load = Load(requests=1000, seconds=1.0, errors=0, p50_ms=5.0, p99_ms=40.0, p999_ms=45.0, max_ms=50.0)
+    events = [
+        ("lock", 100.000, 100.040, 0),  # the writer waited 40 ms for the write lock
+        ("write", 100.040, 100.041, 30),
+        ("commit", 100.041, 100.042, 0),
+        ("gc", 100.500, 100.5005, 0),  # too short to be a stall
+        *[("slow", 100.001 + i / 1000, 100.042, 204) for i in range(20)],
+        ("slow", 100.600, 100.612, 204),  # nothing under it
+    ]
+    text = describe_timeline("service, 1 s of PUTs", load, events)
+    assert "p99.9 45.0 ms" in text
+    assert "| lock | 1 | 40.00 | 40.00 | 40.00 | 0.04 | 0 |" in text
+    assert "by the stall of 5 ms or more that overlapped each most: lock 2." in text
+    assert "lock" in text.split("Around the slowest request")[1]
