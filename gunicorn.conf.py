@@ -18,10 +18,11 @@ from service.settings import Config
 _config = Config.from_env()
 
 wsgi_app = "service.app:app_factory"
-# aiohttp's worker on uvloop's event loop: 3-15% less CPU per request than asyncio's own loop, with
-# every drill passing (docs/benchmarks.md). GUNICORN_CMD_ARGS="--worker-class aiohttp.GunicornWebWorker"
-# runs asyncio's loop instead.
-worker_class = "aiohttp.GunicornUVLoopWebWorker"
+# The SQLite profile runs aiohttp's worker on uvloop's event loop: 3-12% less CPU per request than on
+# asyncio's own loop, every drill passing. The PostgreSQL profile stays on asyncio's loop: on uvloop a
+# few requests waited far longer than the rest (GET p99 868 ms against 18 ms, p50 3.6 against 11.9 ms).
+# docs/benchmarks.md has both runs. GUNICORN_CMD_ARGS="--worker-class ..." overrides either.
+worker_class = "aiohttp.GunicornWebWorker" if _config.database_url else "aiohttp.GunicornUVLoopWebWorker"
 workers = 1
 bind = [f"[{_config.host}]:{_config.port}" if ":" in _config.host else f"{_config.host}:{_config.port}"]
 

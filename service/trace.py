@@ -4,9 +4,11 @@ With ``TRACE_FILE`` set, the worker records, with ``time.time()`` stamps:
 
 - ``lock``, ``write`` and ``commit``: each group commit's wait for SQLite's write lock, its inserts
   (``count`` rows) and its COMMIT, timed in the writer's thread;
-- ``checkpoint``: a checkpoint the service ran, with the frames it copied (``count``);
-- ``backfill``: frames that a COMMIT checkpointed on its way out (SQLite's automatic checkpoint),
-  read from the WAL index before and after it;
+- ``checkpoint``: a checkpoint the service's checkpointer thread ran, with the frames it copied
+  (``count``), ``restart-checkpoint`` one the writer ran to let the WAL start over, ``wal-flush`` an
+  fdatasync of the WAL while Litestream holds it;
+- ``backfill``: frames checkpointed while a COMMIT ran, read from the WAL index before and after it
+  (by SQLite's automatic checkpoint inside the COMMIT where that is on; else by another connection);
 - ``gc``: each garbage collection (``count`` is the generation);
 - ``lag``: the event loop late by more than 2 ms for a 5 ms timer (it was busy or could not run);
 - ``slow``: each request that took 10 ms or more inside the service.

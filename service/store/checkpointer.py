@@ -10,13 +10,16 @@ checkpoint never takes the write lock and never waits for readers, so commits go
 
 The WAL file starts over from its beginning only when a write transaction begins while every frame
 has been copied; under writes that never pause that moment may not come. So once the WAL holds
-RESTART_FRAMES frames and the thread has copied all but the last few hundred, the writer copies those itself
-before its next transaction (``Checkpointer.restart_due``) and the WAL starts over: it cannot grow
-without bound.
+RESTART_FRAMES frames, the thread checkpoints without pausing, and as soon as it has copied all but
+CATCH_UP_FRAMES the writer copies the rest itself before its next transaction
+(``Checkpointer.restart_due``), usually nothing or a few frames, and the WAL starts over. At twice
+RESTART_FRAMES the writer does so whatever is left: the WAL cannot grow without bound.
 
 With Litestream running, its long-lived read transaction keeps any other connection's checkpoint from
-copying past it, and Litestream checkpoints (and restarts the WAL) itself. The thread's checkpoints
-then copy nothing; after one that copied nothing it waits IDLE_PAUSE before the next.
+copying past it, and Litestream checkpoints (and restarts the WAL) itself, holding SQLite's write lock
+while it seals the WAL and checkpoints. The thread's checkpoints then copy nothing; instead it flushes
+the WAL to disk (fdatasync), so that less is left for the flush inside Litestream's checkpoint, and
+waits IDLE_PAUSE before the next.
 """
 
 import logging
@@ -34,11 +37,11 @@ log = logging.getLogger(__name__)
 
 # SQLite's own default for its automatic checkpoint: about 4 MB of 4 KiB pages.
 CHECKPOINT_FRAMES = 1000
-# Past this (32 MiB of 4 KiB pages), the writer finishes the copy so that the WAL starts over...
+# Past this (32 MiB of 4 KiB pages), the writer finishes the copy so that the WAL starts over, as soon
+# as no more than CATCH_UP_FRAMES are left to copy (a short checkpoint on its thread); the thread then
+# runs without pausing, to get there. Past twice this, the writer copies whatever is left.
 RESTART_FRAMES = 8192
-# ...provided no more than this is left to copy: at worst what SQLite's automatic checkpoint did in
-# the COMMIT of every 1000 frames, now once in 8192, and mostly far less (the thread copied the rest).
-CATCH_UP_FRAMES = 1000
+CATCH_UP_FRAMES = 256
 # Between two checkpoints, at least this long; after one that copied nothing, this long.
 MIN_PAUSE = 0.02
 IDLE_PAUSE = 0.05
@@ -73,7 +76,9 @@ class Checkpointer:
     def restart_due(self) -> bool:
         """Whether the writer should copy the last frames itself now, so that the WAL starts over."""
         frames = self._wal.frames()
-        return frames is not None and frames[0] >= RESTART_FRAMES and frames[0] - frames[1] <= CATCH_UP_FRAMES
+        if frames is None or frames[0] < RESTART_FRAMES:
+            return False
+        return frames[0] - frames[1] <= CATCH_UP_FRAMES or frames[0] >= 2 * RESTART_FRAMES
 
     def close(self) -> None:
         self._stopping = True
@@ -90,7 +95,15 @@ class Checkpointer:
             copied = checkpoint_passive(self._conn, self._wal, "checkpoint")
             if not copied:
                 self._flush_wal()
-            time.sleep(MIN_PAUSE if copied else IDLE_PAUSE)
+                time.sleep(IDLE_PAUSE)
+            elif self._restart_near():
+                self._wake.set()  # again at once: the writer restarts the WAL once little is left
+            else:
+                time.sleep(MIN_PAUSE)
+
+    def _restart_near(self) -> bool:
+        frames = self._wal.frames()
+        return frames is not None and frames[0] >= RESTART_FRAMES
 
     def _flush_wal(self) -> None:
         started = time.time()
