@@ -759,10 +759,11 @@ def describe_timeline(title: str, load: Load, events: Sequence[Event]) -> str:
     ]
     for kind in sorted(by_kind):
         spans = sorted((end - start) * 1000 for _, start, end, _ in by_kind[kind])
-        counts = sum(count for *_, count in by_kind[kind])
+        # For requests the count is the status: no sum to show.
+        counts = "" if kind == "slow" else f"{sum(count for *_, count in by_kind[kind]):,}"
         lines.append(
             f"| {kind} | {len(spans):,} | {percentile(spans, 50):.2f} | {percentile(spans, 99):.2f} "
-            f"| {spans[-1]:.2f} | {sum(spans) / 1000:.2f} | {counts:,} |"
+            f"| {spans[-1]:.2f} | {sum(spans) / 1000:.2f} | {counts} |"
         )
     slow = sorted(by_kind.get("slow", []), key=lambda e: e[1] - e[2])[
         : max(1, len(by_kind.get("slow", [])) // 10)
