@@ -8,13 +8,12 @@ import time
 from datetime import date
 from pathlib import Path
 
-import pysqlite3.dbapi2 as sqlite
 import pytest
 from pytest_aiohttp import AiohttpClient
 
 from service.app import create_app
 from service.settings import Config
-from service.store import checkpointer
+from service.store import StoreUnavailable, checkpointer
 from service.store.sqlite import SqliteStore, connect, migrate
 from service.store.wal_index import WalIndex
 from service.trace import load
@@ -126,7 +125,7 @@ async def test_a_write_gives_up_after_the_lock_timeout_and_changes_nothing(
     holder = connect(path)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        with pytest.raises(sqlite.OperationalError, match="locked"):
+        with pytest.raises(StoreUnavailable, match="stayed locked"):
             await store.upsert_birthday("never", date(1990, 5, 17))
         holder.execute("COMMIT")
         assert await store.find_birthday("never") is None
@@ -170,3 +169,26 @@ async def test_without_trace_file_nothing_is_recorded(aiohttp_client: AiohttpCli
     assert (await client.put("/hello/untraced", json={"dateOfBirth": "1990-01-01"})).status == 204
     assert not TIMELINE.enabled
     assert len(TIMELINE.events()) == before
+
+
+async def test_a_put_that_meets_a_lock_for_too_long_is_answered_503(
+    aiohttp_client: AiohttpClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_LOCK_TIMEOUT", 0.3)
+    path = tmp_path / "hello.db"
+    config = Config(host="127.0.0.1", port=0, database_path=path, metrics_port=0)
+    client = await aiohttp_client(create_app(config, clock=lambda: TODAY))
+    holder = connect(path)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        response = await client.put("/hello/locked", json={"dateOfBirth": "1990-01-01"})
+        assert response.status == 503
+        assert response.headers["Retry-After"]
+        assert "nothing was written" in (await response.json())["detail"]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (await client.get("/hello/locked")).status == 404
+    assert (await client.put("/hello/locked", json={"dateOfBirth": "1990-01-01"})).status == 204

@@ -20,7 +20,7 @@ import aiosqlite
 import pysqlite3.dbapi2 as sqlite
 
 from service.store.checkpointer import Checkpointer, checkpoint_passive
-from service.store.errors import StoreClosed
+from service.store.errors import StoreClosed, StoreUnavailable
 from service.store.group_commit import GroupCommit
 from service.store.migrations import NotMigrated, load_migrations, migrations_dir, too_new
 from service.store.wal_index import WalIndex
@@ -197,14 +197,21 @@ class _SqliteWriter:
 
     @staticmethod
     def _when_free(step: Callable[[], T]) -> T:
-        """``step``, tried again every _LOCK_POLL while another connection holds a lock it needs."""
+        """``step``, tried again every _LOCK_POLL while another connection holds a lock it needs.
+
+        After _LOCK_TIMEOUT it gives up with StoreUnavailable (a 503 with Retry-After): nothing was
+        written, and the lock's holder (Litestream, a checkpoint, an operator's shell) lets go in time.
+        """
         deadline = time.monotonic() + _LOCK_TIMEOUT
         while True:
             try:
                 return step()
             except sqlite.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", None) not in _BUSY_CODES or time.monotonic() > deadline:
+                if getattr(exc, "sqlite_errorcode", None) not in _BUSY_CODES:
                     raise
+                if time.monotonic() > deadline:
+                    log.warning("the database stayed locked", extra={"seconds": _LOCK_TIMEOUT})
+                    raise StoreUnavailable(f"the database stayed locked for {_LOCK_TIMEOUT:g} s") from exc
             time.sleep(_LOCK_POLL)
 
 
