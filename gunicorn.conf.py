@@ -18,7 +18,7 @@ from service.settings import Config
 _config = Config.from_env()
 
 wsgi_app = "service.app:app_factory"
-# The SQLite profile runs aiohttp's worker on uvloop's event loop: 3-12% less CPU per request than on
+# The SQLite profile runs aiohttp's worker on uvloop's event loop: 6-11% less CPU per request than on
 # asyncio's own loop, every drill passing. The PostgreSQL profile stays on asyncio's loop: on uvloop a
 # few requests waited far longer than the rest (GET p99 868 ms against 18 ms, p50 3.6 against 11.9 ms).
 # docs/benchmarks.md has both runs. GUNICORN_CMD_ARGS="--worker-class ..." overrides either.

@@ -1,8 +1,8 @@
 """Checkpoints off the writer's path: a thread of their own copies the WAL into the database file.
 
 SQLite's automatic checkpoint runs inside the COMMIT that takes the WAL past 1000 frames, on the
-writer's thread, and every write queued behind it waits: under sustained PUTs that was one COMMIT in
-thirty, taking 10 ms at the median and up to 57 ms, and it was the cause of most of the slowest
+writer's thread, and every write queued behind it waits: under a minute of sustained PUTs that was
+one COMMIT in 25, taking 12 ms at the median and up to 45 ms, under 4,700 of the 4,883 slowest
 answers (``python scripts/bench.py --timeline``; docs/benchmarks.md). Here the writing connection
 has its automatic checkpoint off, and ``Checkpointer`` runs ``wal_checkpoint(PASSIVE)`` on a
 connection of its own when the writer reports CHECKPOINT_FRAMES frames not yet copied. A passive
@@ -51,7 +51,7 @@ _last_warning = float("-inf")
 
 
 class Checkpointer:
-    """A thread that runs passive checkpoints on its own connection when ``nudge`` says so."""
+    """A thread that runs passive checkpoints on its own connection when ``after_commit`` wakes it."""
 
     def __init__(self, conn: sqlite.Connection, wal: WalIndex, wal_path: Path) -> None:
         self._conn = conn
@@ -102,6 +102,7 @@ class Checkpointer:
                 time.sleep(MIN_PAUSE)
 
     def _restart_near(self) -> bool:
+        """Whether the WAL holds RESTART_FRAMES or more, so that the writer will restart it soon."""
         frames = self._wal.frames()
         return frames is not None and frames[0] >= RESTART_FRAMES
 

@@ -128,8 +128,8 @@ class _SqliteWriter:
     """How the group commit writes: on the one writing connection, in a thread of its own.
 
     A batch is one call on that thread (one hand-over there and back for the whole transaction):
-    wait for the write lock, insert every row, commit. With ``TRACE_FILE`` set it records each step
-    and any checkpoint that SQLite ran inside the COMMIT (service/trace.py).
+    wait for the write lock, insert every row, commit. Checkpoints run on the checkpointer's thread
+    (service/store/checkpointer.py). With ``TRACE_FILE`` set it records each step (service/trace.py).
     """
 
     write_errors: tuple[type[Exception], ...] = (sqlite.Error,)
@@ -264,13 +264,13 @@ class SqliteStore:
     ) -> None:
         self._reader = reader
         self._read_cursor = reader.cursor()
-        self._writer = _SqliteWriter(writer, Path(reader.execute("PRAGMA database_list").fetchone()[2]))
+        self._path = Path(reader.execute("PRAGMA database_list").fetchone()[2])
+        self._writer = _SqliteWriter(writer, self._path)
         self._writes: GroupCommit[Row] = GroupCommit(self._writer)
         self._counter = counter
         self._schema_version = schema_version
         self._observe = observe
         self._closed = False
-        self._path = Path(reader.execute("PRAGMA database_list").fetchone()[2])
 
     def describe(self) -> dict[str, str]:
         """For the start-up log line."""
