@@ -22,12 +22,13 @@ run: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/python -m service
 
-## test: ruff, mypy --strict and every test
+## test: ruff, actionlint, mypy --strict and every test
 test: lint typecheck pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/actionlint
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
