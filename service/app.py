@@ -66,7 +66,7 @@ async def app_factory() -> web.Application:
 async def _write_guard(app: web.Application) -> AsyncIterator[None]:
     """Watch Litestream (when the supervisor started it), so that writes stop the moment it exits."""
     config = app[keys.CONFIG]
-    guard = WriteGuard(config.litestream_pid, config.fence_file)
+    guard = WriteGuard(config.litestream_pid, config.fence_file, config.lease_deadline_file)
     guard.open()
     app[keys.GUARD] = guard
     loop = asyncio.get_running_loop()

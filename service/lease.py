@@ -11,6 +11,10 @@ path for as long as it runs, and refuses to start while another live writer hold
   clocks do not matter. A graceful stop marks it released: the next writer takes it at once. The
   same machine starting again on the same database takes it over at once too (a crash, or the
   platform restarting it); the volume lock below guarantees that the old stack is gone by then.
+- The holder keeps a deadline by itself (``service/lease_deadline.py``): the moment its last
+  successful write of the lease was *sent*, plus the TTL, less a margin. Past it, the stack stops
+  acknowledging writes and uploading, whether or not the store answers, so a machine cut off from
+  the store (or frozen) never writes beside the one that took the lease after it lapsed.
 - ``file://`` replicas: an exclusive ``flock`` on ``<path>/writer.lock``, which the kernel releases
   when the holder dies; the file says who holds it.
 - The volume: an exclusive ``flock`` on ``.<db>.lock`` beside the database, held for the stack's
@@ -20,21 +24,25 @@ path for as long as it runs, and refuses to start while another live writer hold
 import contextlib
 import fcntl
 import json
+import math
 import os
 import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from service import lease_deadline
 from service.replica import FileReplica, ReplicaUnavailable, S3Replica
 
 LEASE_OBJECT = "writer-lease.json"
 LEASE_FILE = "writer.lock"
-# What S3 answers a conditional write whose condition failed (412), or that raced another (409), or an
-# If-Match on an object that is gone (404).
+# What S3 answers a conditional write whose condition failed (412), or an If-Match on an object that
+# is gone (404). AWS answers 409 ConditionalRequestConflict to a conditional write that raced another:
+# the same "someone else wrote", and the caller reads again before it writes again.
 _CONDITION_FAILED = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
 
 
@@ -97,6 +105,10 @@ class WriterLease(Protocol):
         """Raise ``LeaseLost`` if another writer holds it now, ``ReplicaUnavailable`` if unreachable."""
         ...
 
+    def deadline(self) -> float:
+        """Until when (``lease_deadline.now()``) this holder is sure nobody else can take the lease."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -131,6 +143,9 @@ class FileLock:
 
     def renew(self) -> None:
         """A lock the kernel holds for this process cannot be taken away."""
+
+    def deadline(self) -> float:
+        return math.inf
 
     def release(self) -> None:
         if self._fd is not None:
@@ -170,6 +185,8 @@ class S3Lease:
         self.ttl = ttl
         self.key = replica.key(LEASE_OBJECT)
         self._etag: str | None = None
+        # When the last successful write of the lease was sent, on the lease's clock.
+        self._sent_at = -math.inf
 
     def acquire(self) -> str:
         for _ in range(3):  # another writer may win a race between the read and the write
@@ -179,8 +196,11 @@ class S3Lease:
                     return "taken (no lease before)"
                 continue
             if seen.holder.instance == self.holder.instance:
-                self._etag = seen.etag
-                return "taken"
+                # Our own write, whose answer was lost: write again, so that the deadline counts
+                # from a write whose sending time is known.
+                if self._write(if_match=seen.etag):
+                    return "taken"
+                continue
             if seen.released:
                 how = f"taken over from {seen.holder.describe()}, which released it"
             elif self.holder.same_place(seen.holder):
@@ -205,22 +225,31 @@ class S3Lease:
             raise LeaseLost("the lease was never taken")
         if self._write(if_match=self._etag):
             return
-        seen = self._read()
-        if seen is not None and seen.holder.instance == self.holder.instance:
-            self._etag = seen.etag  # our own write won after all (an answer lost on the way)
-            return
-        if seen is None:
-            # Someone deleted the object: take it again, unless another writer does first.
-            if self._write(if_none_match=True):
-                return
+        # The condition failed: another writer wrote, or our own last write went through but its
+        # answer was lost (the store has a newer ETag of ours), or a concurrent write raced (409).
+        # Read again; only a fresh write of our own renews. The current ETag is never adopted
+        # without writing: the deadline must count from a write whose sending time is known.
+        for _ in range(3):
             seen = self._read()
-        who = seen.holder.describe() if seen is not None else "another writer"
-        raise LeaseLost(f"the lease on {self.replica.url} is now held by {who}")
+            if seen is None:
+                # Someone deleted the object: take it again, unless another writer does first.
+                if self._write(if_none_match=True):
+                    return
+                continue
+            if seen.holder.instance != self.holder.instance or seen.released:
+                raise LeaseLost(f"the lease on {self.replica.url} is now held by {seen.holder.describe()}")
+            if self._write(if_match=seen.etag):
+                return
+        raise LeaseLost(f"the lease on {self.replica.url} keeps changing under this writer")
+
+    def deadline(self) -> float:
+        return lease_deadline.deadline_after(self._sent_at, self.ttl)
 
     def release(self) -> None:
         if self._etag is not None:
             self._write(if_match=self._etag, released=True)
             self._etag = None
+            self._sent_at = -math.inf
 
     def _read(self) -> _Seen | None:
         try:
@@ -234,13 +263,15 @@ class S3Lease:
             document = json.loads(body)
         except ValueError:
             document = {}
-        # Both times come from the object store, so the machines' clocks do not matter.
+        # Both times come from the object store, so the machines' clocks do not matter. A store that
+        # sends no Date header gets this machine's clock instead: never an age of 0 that would make
+        # a lease look fresh forever.
         server_now = answer["ResponseMetadata"]["HTTPHeaders"].get("date")
-        age = 0.0
-        if server_now:
-            from email.utils import parsedate_to_datetime
-
-            age = (parsedate_to_datetime(server_now) - answer["LastModified"]).total_seconds()
+        try:
+            now = parsedate_to_datetime(server_now) if server_now else datetime.now(UTC)
+        except (TypeError, ValueError):
+            now = datetime.now(UTC)
+        age = (now - answer["LastModified"]).total_seconds()
         return _Seen(
             holder=Holder.from_json(document.get("holder")),
             released=bool(document.get("released")),
@@ -260,6 +291,7 @@ class S3Lease:
             "written_at": _now(),
         }
         condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if if_none_match else {}
+        sent_at = lease_deadline.now()
         try:
             answer = self.replica.call(
                 "put_object",
@@ -274,6 +306,7 @@ class S3Lease:
                 return False
             raise
         self._etag = answer["ETag"]
+        self._sent_at = sent_at
         return True
 
 

@@ -163,6 +163,10 @@ class S3Replica:
                 s3={"addressing_style": "path" if location.endpoint else "auto"},
             ),
         )
+        if is_tigris(location.endpoint):
+            # Tigris serves a global bucket eventually consistent across regions unless asked:
+            # the lease's reads and conditional writes must see the latest write everywhere.
+            self.client.meta.events.register("before-sign.s3", _ask_for_consistency)
 
     def key(self, name: str) -> str:
         """The object key of ``name`` in the replica's path (Litestream joins them with one slash)."""
@@ -216,6 +220,19 @@ class S3Replica:
             ) from exc
         except BotoCoreError as exc:
             raise ReplicaUnavailable(f"{operation}: {exc}", transient=True) from exc
+
+
+_TIGRIS_HOSTS = ("fly.storage.tigris.dev", "t3.storage.dev", "storage.tigris.dev")
+
+
+def is_tigris(endpoint: str | None) -> bool:
+    """Whether the endpoint is Tigris (Fly's object storage), by its documented host names."""
+    host = (urlsplit(endpoint).hostname or "") if endpoint else ""
+    return any(host == name or host.endswith("." + name) for name in _TIGRIS_HOSTS)
+
+
+def _ask_for_consistency(request: Any, **_: Any) -> None:
+    request.headers["X-Tigris-Consistent"] = "true"
 
 
 def parse_s3_url(url: str) -> S3Location:

@@ -49,9 +49,11 @@ class Config:
     timezone: str = "UTC"
     shutdown_timeout: float = 20.0
     # Set by the supervisor for gunicorn (service/supervisor.py), never by hand: Litestream's process
-    # id (writes are refused once it exits), the fence file, and what the boot did (JSON).
+    # id (writes are refused once it exits), the fence file, the writer lease's shared deadline
+    # (service/lease_deadline.py), and what the boot did (JSON).
     litestream_pid: int | None = None
     fence_file: Path | None = None
+    lease_deadline_file: Path | None = None
     boot_report: str = ""
     # Slow or abusive clients: a request head must arrive within header_timeout of the connection
     # opening (or of its first byte after an idle keep-alive pause), a body within body_timeout of
@@ -90,6 +92,9 @@ class Config:
             shutdown_timeout=_seconds(env, "SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
             litestream_pid=_pid(env, "LITESTREAM_PID"),
             fence_file=Path(fence) if (fence := _text(env, "WRITER_FENCE_FILE", "")) else None,
+            lease_deadline_file=(
+                Path(deadline) if (deadline := _text(env, "WRITER_LEASE_DEADLINE_FILE", "")) else None
+            ),
             boot_report=_text(env, "BOOT_REPORT", ""),
             header_timeout=_seconds(env, "HEADER_TIMEOUT", defaults.header_timeout),
             body_timeout=_seconds(env, "BODY_TIMEOUT", defaults.body_timeout),

@@ -27,6 +27,13 @@ dies (``PR_SET_PDEATHSIG``), so that no orphan keeps the port or the database. W
 - The object store says that another writer took the lease: the worker is told (the fence file) and
   Litestream is killed without a final sync, so nothing of the other writer's history is overwritten.
   Writes and readiness answer 503 until the stack is stopped.
+- The lease's deadline passes (no renewal got through in time: the store, or the path to it, is
+  down; ``service/lease_deadline.py``): the worker refuses writes by itself, and Litestream is paused
+  (SIGSTOP), so that neither acknowledges nor uploads anything once another machine could take the
+  lease. The keeper goes on trying; the first renewal that gets through resumes Litestream (SIGCONT)
+  and writes. A stop meanwhile kills Litestream without a final sync and leaves the lease to lapse.
+
+The lease is renewed from the moment it is taken: during placement, restore and the first sync too.
 """
 
 import contextlib
@@ -57,6 +64,7 @@ from service.lease import (
     volume_lock,
     writer_lease,
 )
+from service.lease_deadline import SharedDeadline
 from service.lineage import Placement, Standing, place, set_aside, state_dir
 from service.logs import configure_logging
 from service.parent_death import die_with_parent
@@ -150,8 +158,9 @@ def _spawn(
 ) -> "subprocess.Popen[bytes]":
     """A child in a process group of its own that dies with this process.
 
-    Own group: a terminal's Ctrl-C reaches this process only, which passes on one signal. Children
-    are started before the lease keeper's thread, so ``preexec_fn`` runs in a single-threaded process.
+    Own group: a terminal's Ctrl-C reaches this process only, which passes on one signal. The lease
+    keeper's thread runs meanwhile, so ``preexec_fn`` does no more than one ``prctl`` call through a
+    library loaded before the fork (``service/parent_death.py``): nothing that takes a lock.
     """
     return subprocess.Popen(
         argv,
@@ -183,18 +192,25 @@ def _describe_exit(code: int) -> str:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews the writer lease every third of its lifetime; notes when another writer has taken it."""
+    """Renews the writer lease every third of its lifetime and moves the shared deadline forward.
 
-    def __init__(self, lease: WriterLease, interval: float) -> None:
+    A renewal that does not get through is tried again every second: the deadline, not this
+    thread, decides when writes stop. When the store says another writer holds the lease, ``lost``
+    says so and the thread ends.
+    """
+
+    def __init__(self, lease: WriterLease, interval: float, deadline: SharedDeadline) -> None:
         super().__init__(name="lease-keeper", daemon=True)
         self.lease = lease
         self.interval = interval
+        self.deadline = deadline
         self.lost: str | None = None
         self._stopping = threading.Event()
 
     def run(self) -> None:
         unreachable_since: float | None = None
-        while not self._stopping.wait(self.interval):
+        wait = self.interval
+        while not self._stopping.wait(wait):
             try:
                 self.lease.renew()
             except LeaseLost as exc:
@@ -203,9 +219,14 @@ class LeaseKeeper(threading.Thread):
             except ReplicaUnavailable as exc:
                 if unreachable_since is None:
                     unreachable_since = time.monotonic()
-                    # Nobody can take the lease through a store that cannot be reached; keep serving.
-                    log.warning("could not renew the writer lease; still serving", extra={"reason": str(exc)})
+                    log.warning(
+                        "could not renew the writer lease; writes go on until its deadline",
+                        extra={"reason": str(exc), "seconds_left": round(self.deadline.remaining(), 1)},
+                    )
+                wait = min(1.0, self.interval)
                 continue
+            self.deadline.set(self.lease.deadline())
+            wait = self.interval
             if unreachable_since is not None:
                 log.info(
                     "writer lease renewed again",
@@ -214,7 +235,10 @@ class LeaseKeeper(threading.Thread):
                 unreachable_since = None
 
     def stop(self) -> None:
+        """Stop renewing, and wait for a renewal under way (bounded by the store client's timeouts)."""
         self._stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=15)
 
 
 @dataclass
@@ -228,6 +252,8 @@ class Supervisor:
     def __post_init__(self) -> None:
         self.holder = Holder.me(self.settings.database, self.environ)
         self.fence_file = self.settings.runtime_dir / f"hello-birthday-fence.{os.getpid()}"
+        self.deadline_file = self.settings.runtime_dir / f"hello-birthday-lease-deadline.{os.getpid()}"
+        self.keeper: LeaseKeeper | None = None
 
     # --- Signals -----------------------------------------------------------------------------------
 
@@ -253,6 +279,9 @@ class Supervisor:
         try:
             return self._run_locked(volume)
         finally:
+            if self.keeper is not None:
+                self.keeper.stop()
+                self.keeper.deadline.remove()
             volume.release()
             with contextlib.suppress(FileNotFoundError):
                 self.fence_file.unlink()
@@ -266,12 +295,15 @@ class Supervisor:
             lease = writer_lease(replica, self.holder, self.settings.lease_ttl)
             taken = self._within_restore_timeout("taking the writer lease", lease.acquire)
             log.info(f"writer lease on {self.settings.replica_url} {taken}")
+            self._keep_lease(lease)
             placement = self._prepare_database(replica)
             migrate(self.settings.database)
+            self._check_lease("before starting Litestream")
             litestream = self._start_litestream()
             children.append(litestream)
             self._wait_for_first_sync(litestream)
             report = self._reapply_set_aside_rows(placement)
+            self._check_lease("before serving")
             gunicorn = self._start_gunicorn(litestream.pid, report)
             children.append(gunicorn)
         except StopRequested as stop:
@@ -295,10 +327,39 @@ class Supervisor:
     def _abandon(
         self, children: list["subprocess.Popen[bytes]"], lease: WriterLease | FileLock | None
     ) -> None:
+        keeper = self.keeper
+        if keeper is not None:
+            keeper.stop()
+        held = keeper is None or (keeper.lost is None and keeper.deadline.remaining() > 0)
         for child in reversed(children):
-            _stop_process(child, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
-        if lease is not None:
+            # Litestream's final sync only while this stack surely holds the lease.
+            _stop_process(child, signal.SIGTERM if held else signal.SIGKILL, _LITESTREAM_STOP_SECONDS)
+        if lease is not None and held:
             release_quietly(lease)
+
+    # --- The lease, from the moment it is taken ------------------------------------------------------
+
+    def _keep_lease(self, lease: WriterLease) -> None:
+        """Share the lease's deadline with the worker to come, and renew it from now on."""
+        deadline = SharedDeadline.create(self.deadline_file, lease.deadline())
+        self.keeper = LeaseKeeper(lease, self.settings.lease_ttl / 3, deadline)
+        self.keeper.start()
+
+    def _check_lease(self, step: str) -> None:
+        """Go on only while the lease surely holds: wait (up to one TTL) for a renewal past its deadline."""
+        keeper = self.keeper
+        assert keeper is not None
+        give_up = time.monotonic() + self.settings.lease_ttl
+        while keeper.lost is None and keeper.deadline.remaining() <= 0:
+            if time.monotonic() >= give_up:
+                raise BootError(
+                    f"{step}: the writer lease could not be renewed within {self.settings.lease_ttl:g} s "
+                    "(WRITER_LEASE_TTL) of its deadline: another machine may take it, so this one does "
+                    "not start writing"
+                )
+            time.sleep(_POLL_SECONDS)
+        if keeper.lost is not None:
+            raise BootError(f"{step}: {keeper.lost}; this stack does not start writing")
 
     def _within_restore_timeout(self, what: str, action: Callable[[], T]) -> T:
         """Retry ``action`` while the replica cannot be reached, up to RESTORE_TIMEOUT."""
@@ -493,6 +554,7 @@ class Supervisor:
             **self.environ,
             "LITESTREAM_PID": str(litestream_pid),
             "WRITER_FENCE_FILE": str(self.fence_file),
+            "WRITER_LEASE_DEADLINE_FILE": str(self.deadline_file),
             "BOOT_REPORT": report.to_json(),
         }
         log.info("Litestream follows the database; starting gunicorn")
@@ -508,25 +570,31 @@ class Supervisor:
         for sig in _STOP_SIGNALS:
             signal.signal(sig, self._on_stop_while_serving)
         signal.signal(signal.SIGHUP, lambda signum, frame: gunicorn.send_signal(signal.SIGHUP))
-        keeper = LeaseKeeper(lease, self.settings.lease_ttl / 3)
-        keeper.start()
+        keeper = self.keeper
+        assert keeper is not None
         fenced = False
+        paused = False
         try:
             while True:
                 if self.stop_signals:
-                    return self._stop(litestream, gunicorn, lease, fenced)
+                    return self._stop(litestream, gunicorn, lease, fenced or paused)
                 if gunicorn.poll() is not None:
                     log.error(
                         f"gunicorn exited ({_describe_exit(gunicorn.returncode)}); stopping Litestream "
                         "after its final sync"
                     )
-                    _stop_process(litestream, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
-                    if not fenced:
+                    if fenced or paused:
+                        _stop_process(litestream, signal.SIGKILL, _LITESTREAM_STOP_SECONDS)
+                    else:
+                        _stop_process(litestream, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
                         release_quietly(lease)
                     return 1
                 if keeper.lost is not None and not fenced:
                     fenced = True
                     self._fence(litestream, keeper.lost)
+                elif not fenced and paused != (keeper.deadline.remaining() <= 0):
+                    paused = not paused
+                    self._pause_uploads(litestream, paused)
                 elif litestream.poll() is not None and not fenced:
                     log.error(
                         f"Litestream exited ({_describe_exit(litestream.returncode)}): writes are refused "
@@ -539,6 +607,20 @@ class Supervisor:
                 time.sleep(_POLL_SECONDS)
         finally:
             keeper.stop()
+
+    def _pause_uploads(self, litestream: "subprocess.Popen[bytes]", pause: bool) -> None:
+        # SIGSTOP holds every thread of Litestream where it is: no request leaves it until SIGCONT.
+        # The worker refuses writes by itself from the same deadline.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(litestream.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+        if pause:
+            log.error(
+                "the writer lease was not renewed before its deadline: writes are refused (503) and "
+                "Litestream is paused until a renewal gets through",
+                extra={"lease_ttl": self.settings.lease_ttl},
+            )
+        else:
+            log.warning("the writer lease is renewed again: Litestream resumes and writes are taken")
 
     def _fence(self, litestream: "subprocess.Popen[bytes]", reason: str) -> None:
         # The worker reads the reason when it sees Litestream go; SIGKILL skips the final sync, which
@@ -558,12 +640,19 @@ class Supervisor:
         litestream: "subprocess.Popen[bytes]",
         gunicorn: "subprocess.Popen[bytes]",
         lease: WriterLease,
-        fenced: bool,
+        unsure: bool,
     ) -> int:
         log.info("stopping: gunicorn finishes the requests in flight, then Litestream makes its final sync")
         began = time.monotonic()
         served = _stop_process(gunicorn, signal.SIGTERM, self.config.shutdown_timeout + 10)
-        if fenced:
+        keeper = self.keeper
+        if keeper is not None and (keeper.lost is not None or keeper.deadline.remaining() <= 0):
+            unsure = True
+        if unsure:
+            # Fenced, or past the lease's deadline: no final sync may upload over another writer's
+            # history. What was committed since stays on this volume for the next start to place.
+            _stop_process(litestream, signal.SIGKILL, _LITESTREAM_STOP_SECONDS)
+            log.warning("stopped without Litestream's final sync: this stack may no longer hold the lease")
             return 1
         synced = _stop_process(litestream, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
         problem = release_quietly(lease)

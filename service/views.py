@@ -121,10 +121,15 @@ async def put_hello(request: web.Request) -> web.Response:
             raise problem from None
         raise
     disk.succeeded()
-    # Committed locally, but a 204 also promises that Litestream follows it: ask again.
+    # Committed locally, but a 204 also promises that Litestream follows it and that this machine
+    # still holds the writer lease: ask again.
     reason = request.app[keys.GUARD].refusal()
     if reason is not None:
-        raise ServiceUnavailable(f"{reason}; the write may not be kept, retry later", headers=_RETRY_LATER)
+        raise ServiceUnavailable(
+            f"{reason}. The date was written on this machine but is not confirmed: it may or may not "
+            "be kept. Repeating the PUT is safe",
+            headers=_RETRY_LATER,
+        )
     return web.Response(status=204)
 
 
@@ -148,8 +153,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     if request.app[keys.STATE].draining:
         raise ServiceUnavailable("shutting down; not taking new work")
-    refusal = request.app[keys.GUARD].refusal()
-    if refusal is not None:
+    guard = request.app[keys.GUARD]
+    refusal = guard.refusal()
+    if refusal is not None and guard.final:
         raise ServiceUnavailable(f"not taking writes: {refusal}")
     try:
         async with asyncio.timeout(_READY_TIMEOUT_SECONDS):
@@ -159,7 +165,8 @@ async def readyz(request: web.Request) -> web.Response:
         raise ServiceUnavailable("the database is not answering or not migrated") from None
     # A full disk stays 200: reads still work, and with one Machine a failing check would take them
     # away too; hello_disk_full is what alerts. The body says that writes are refused.
-    if (reason := request.app[keys.DISK].reason()) is not None:
+    # So does a lapsed writer lease: the refusal ends by itself once a renewal gets through.
+    if (reason := refusal or request.app[keys.DISK].reason()) is not None:
         return web.json_response({"status": "ready", "writes": "refused", "reason": reason})
     return web.json_response({"status": "ready"})
 

@@ -87,7 +87,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
 _THROTTLED_CHUNK = 4096
 
 
-class _Relay:
+class Relay:
     """A TCP relay from a fixed loopback port to moto; closing it is an outage that keeps moto's data."""
 
     def __init__(self, target_port: int) -> None:
@@ -98,6 +98,8 @@ class _Relay:
         self._connections: set[socket.socket] = set()
         # Seconds to wait after relaying each chunk of at most _THROTTLED_CHUNK bytes; 0 is full speed.
         self.pause_per_chunk = 0.0
+        # A network partition: connections are accepted and held, nothing is forwarded either way.
+        self._blackholed = threading.Event()
 
     def open(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -121,12 +123,38 @@ class _Relay:
     def is_open(self) -> bool:
         return self._listener is not None
 
+    def blackhole(self) -> None:
+        """A partition: from now on nothing is forwarded, and connections, old and new, hang."""
+        self._blackholed.set()
+
+    def heal(self) -> None:
+        """The partition ends: the connections it held are cut (what they carried is never delivered),
+        and new ones are forwarded again."""
+        with self._lock:
+            held, self._connections = self._connections, set()
+        self._blackholed.clear()
+        for conn in held:
+            _close_quietly(conn)
+
+    def _hold_while_blackholed(self, conn: socket.socket) -> bool:
+        """Wait out a partition; False when the connection was cut meanwhile."""
+        if not self._blackholed.is_set():
+            return True
+        while self._blackholed.is_set():
+            time.sleep(0.05)
+        with self._lock:
+            return conn in self._connections
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self._blackholed.is_set():
+                with self._lock:
+                    self._connections.add(client)  # held, never answered; cut at heal
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=5)
             except OSError:
@@ -145,6 +173,8 @@ class _Relay:
         try:
             source.settimeout(None)
             while chunk := source.recv(_THROTTLED_CHUNK if self.pause_per_chunk else 65536):
+                if not self._hold_while_blackholed(source):
+                    return
                 sink.sendall(chunk)
                 if self.pause_per_chunk:
                     time.sleep(self.pause_per_chunk)
@@ -179,7 +209,7 @@ class S3Server:
 
     process: "subprocess.Popen[bytes]"
     moto_port: int
-    relay: _Relay
+    relay: Relay
     bucket: str = BUCKET
     credentials: Mapping[str, str] = field(default_factory=lambda: dict(CREDENTIALS))
 
@@ -259,7 +289,7 @@ def start_moto(env: Mapping[str, str] | None = None) -> tuple["subprocess.Popen[
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     process, port = start_moto()
-    relay = _Relay(port)
+    relay = Relay(port)
     try:
         relay.open()
         server = S3Server(process=process, moto_port=port, relay=relay)

@@ -1,13 +1,16 @@
 """The writer lease's own rules, against a real S3 server (moto) and real file locks."""
 
+import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.lease import FileLock, Holder, LeaseHeld, LeaseLost, S3Lease, volume_lock
-from service.replica import S3Replica, parse_s3_url
+from service.lease_deadline import lease_margin, now
+from service.replica import S3Replica, is_tigris, parse_s3_url
 from tests.drills.conftest import CREDENTIALS, S3Server
 
 
@@ -82,3 +85,96 @@ def test_file_locks_refuse_a_second_holder_and_name_the_first(tmp_path: Path) ->
     replica.acquire()
     replica.renew()
     replica.release()
+
+
+def test_the_deadline_counts_from_when_the_last_write_was_sent(s3_server: S3Server, tmp_path: Path) -> None:
+    lease = _lease(s3_server, f"lease-{tmp_path.name}", _holder("machine-a"), ttl=30)
+    assert lease.deadline() == -math.inf, "no write yet: no deadline to keep"
+    before = now()
+    lease.acquire()
+    after = now()
+    assert before + 30 - lease_margin(30) <= lease.deadline() <= after + 30 - lease_margin(30)
+    time.sleep(0.2)
+    lease.renew()
+    assert lease.deadline() >= after + 0.2 + 30 - lease_margin(30)
+    lease.release()
+    assert lease.deadline() == -math.inf, "a released lease is not kept"
+
+
+def test_a_renewal_whose_answer_was_lost_writes_again_and_never_adopts_the_etag(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """Our own write went through but its answer never came: the store holds an ETag we never saw."""
+    prefix = f"lease-{tmp_path.name}"
+    lease = _lease(s3_server, prefix, _holder("machine-a"))
+    lease.acquire()
+    client = s3_server.client()
+    key = f"{prefix}/writer-lease.json"
+    body = client.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read()
+    time.sleep(1.1)  # a new Last-Modified
+    lost_answer = client.put_object(Bucket=s3_server.bucket, Key=key, Body=body)["ETag"]
+    sent = now()
+    lease.renew()
+    current = client.head_object(Bucket=s3_server.bucket, Key=key)
+    assert current["ETag"] != lost_answer, "the renewal adopted the ETag instead of writing"
+    assert lease.deadline() >= sent + 30 - lease_margin(30)
+    with pytest.raises(LeaseHeld):
+        _lease(s3_server, prefix, _holder("machine-b")).acquire()
+
+
+def test_a_store_that_sends_no_date_never_makes_a_lease_look_fresh_forever(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    prefix = f"lease-{tmp_path.name}"
+    stalled = _lease(s3_server, prefix, _holder("machine-a"), ttl=1)
+    stalled.acquire()
+    late = _lease(s3_server, prefix, _holder("machine-b"), ttl=1)
+
+    def drop_date(parsed: dict[str, Any], **_: Any) -> None:
+        parsed.get("ResponseMetadata", {}).get("HTTPHeaders", {}).pop("date", None)
+
+    late.replica.client.meta.events.register("after-call.s3.GetObject", drop_date)
+    time.sleep(2.5)  # Last-Modified has a resolution of one second
+    assert "lapsed" in late.acquire()
+
+
+def test_tigris_endpoints_are_asked_for_consistent_reads_and_writes() -> None:
+    assert is_tigris("https://fly.storage.tigris.dev")
+    assert is_tigris("https://t3.storage.dev")
+    assert not is_tigris("http://127.0.0.1:9000")
+    assert not is_tigris("https://s3.amazonaws.com")
+    assert not is_tigris(None)
+    url = "s3://bucket/path?endpoint=https://fly.storage.tigris.dev"
+    replica = S3Replica(url, parse_s3_url(url), CREDENTIALS)
+    sent: list[dict[str, str]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        sent.append(dict(request.headers))
+        raise _Captured  # nothing leaves this machine
+
+    replica.client.meta.events.register_last("before-sign.s3", capture)
+    with pytest.raises(_Captured):
+        replica.client.get_object(Bucket="bucket", Key="path/writer-lease.json")
+    assert sent and sent[0].get("X-Tigris-Consistent") == "true"
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_two_first_acquisitions_that_race_leave_one_holder(s3_server: S3Server, tmp_path: Path) -> None:
+    """Both read "no lease"; the other writes first; this one's create must fail (If-None-Match)."""
+    prefix = f"lease-{tmp_path.name}"
+    first = _lease(s3_server, prefix, _holder("machine-a"))
+    second = _lease(s3_server, prefix, _holder("machine-b"))
+    raced: list[str] = []
+
+    def the_other_writes_first(**_: Any) -> None:
+        if not raced:
+            raced.append(second.acquire())
+
+    first.replica.client.meta.events.register("before-call.s3.PutObject", the_other_writes_first)
+    with pytest.raises(LeaseHeld, match="machine machine-b"):
+        first.acquire()
+    assert raced and "no lease before" in raced[0]
+    second.renew()  # still the holder

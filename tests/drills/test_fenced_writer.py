@@ -1,0 +1,228 @@
+"""Drill: a writer cut off from the store, or frozen, never acknowledges a write once its lease can pass.
+
+Two whole stacks (scripts/start.sh, real Litestream, gunicorn) on one replica in moto's S3 server,
+each reaching the store through a TCP relay of its own, at ``WRITER_LEASE_TTL=6`` (renewed every 2 s,
+writes stop 3.8 s after the last renewal was sent: ``service/lease_deadline.py``).
+
+- **Partition**: A takes writes; A's relay is blackholed (nothing forwarded, connections held) while
+  A's clients still reach A. B starts on an empty volume (restarted, as a platform would, until the
+  lease has lapsed), takes over and takes writes. The partition heals.
+- **Pause**: A takes writes; every process of A is stopped (SIGSTOP) for longer than the TTL. B takes
+  over and takes writes; A is resumed, and its clients carry on.
+
+After each:
+1. the writes A acknowledged after its lease could pass: 0. "Could pass" is the last Last-Modified
+   of A's lease object (polled directly from moto) plus the TTL, by the store's clock;
+2. B's acknowledged writes missing from the replica when B stops: 0, and the replica restores and
+   passes ``integrity_check``;
+3. once A's volume comes back (the lineage path sets it aside and re-applies its newer rows), the
+   writes acknowledged by either machine missing from the replica: 0.
+
+The relay cuts the connections it held when the partition heals: what they carried is never
+delivered. A request held across a partition and delivered after it (TCP retransmission) is the
+window that the storage-level fencing of the lease (a replica generation per holder) is to close.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.drills.conftest import (
+    Relay,
+    S3Server,
+    Stack,
+    StackFactory,
+    WriteLoad,
+    child_pids,
+    record_figures,
+    restore_replica,
+    usernames,
+)
+from tests.support import http_status
+
+TTL = 6
+
+
+def _replica_url(s3_server: S3Server, prefix: str, relay: Relay) -> str:
+    return f"s3://{s3_server.bucket}/{prefix}?endpoint=http://127.0.0.1:{relay.port}&region=us-east-1"
+
+
+class LeaseWatch:
+    """Polls the lease object directly from moto: when each holder last wrote it, by the store's clock."""
+
+    def __init__(self, s3_server: S3Server, prefix: str) -> None:
+        self._client = s3_server.client()
+        self._bucket = s3_server.bucket
+        self._key = f"{prefix}/writer-lease.json"
+        self.last_write: dict[str, float] = {}  # data folder of the holder -> Last-Modified (epoch s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "LeaseWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                answer = self._client.get_object(Bucket=self._bucket, Key=self._key)
+                document = json.loads(answer["Body"].read())
+            except Exception:  # noqa: BLE001 - not there yet, or a read that raced a write
+                continue
+            holder = str(document.get("holder", {}).get("database", ""))
+            self.last_write[holder] = answer["LastModified"].timestamp()
+
+
+def _wall_to_monotonic(wall: float) -> float:
+    return wall - (time.time() - time.monotonic())
+
+
+def _stack_processes(stack: Stack) -> list[int]:
+    """The supervisor and every process below it (Litestream, gunicorn's master and worker)."""
+    found = [stack.process.pid]
+    for pid in found:
+        found.extend(child_pids(pid))
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _take_over(stack_factory: StackFactory, data: Path, replica_url: str) -> Stack:
+    """Start B until it takes the lease (a refused start exits at once; the platform restarts it)."""
+    give_up = time.monotonic() + 6 * TTL
+    while True:
+        stack = stack_factory(
+            data, replica_url=replica_url, wait=False, extra_env={"WRITER_LEASE_TTL": str(TTL)}
+        )
+        while stack.process.poll() is None:
+            if http_status(stack.url("/readyz"), timeout=1.0) == 200:
+                return stack
+            time.sleep(0.1)
+        assert "another writer holds" in stack.logs(), stack.logs()
+        assert time.monotonic() < give_up, "B never took the lease over"
+        time.sleep(1.0)
+
+
+def _integrity(database: Path) -> str:
+    import pysqlite3.dbapi2 as sqlite
+
+    connection = sqlite.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return str(connection.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def relays(s3_server: S3Server) -> Iterator[Callable[[], Relay]]:
+    made: list[Relay] = []
+
+    def make() -> Relay:
+        relay = Relay(s3_server.moto_port)
+        relay.open()
+        made.append(relay)
+        return relay
+
+    try:
+        yield make
+    finally:
+        for relay in made:
+            relay.heal()
+            relay.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["partition", "pause"])
+def test_a_cut_off_or_frozen_writer_never_acknowledges_beside_the_next(
+    fault: str,
+    s3_server: S3Server,
+    stack_factory: StackFactory,
+    relays: Callable[[], Relay],
+    tmp_path: Path,
+) -> None:
+    prefix = f"fenced-{fault}-{tmp_path.name}"
+    relay_a, relay_b = relays(), relays()
+    data_a, data_b = tmp_path / "a", tmp_path / "b"
+    url_a, url_b = _replica_url(s3_server, prefix, relay_a), _replica_url(s3_server, prefix, relay_b)
+    env = {"WRITER_LEASE_TTL": str(TTL)}
+    a = stack_factory(data_a, replica_url=url_a, extra_env=env)
+
+    with LeaseWatch(s3_server, prefix) as watch:
+        load_a = WriteLoad(
+            a.base_url, threads=2, pause=0.005, max_requests=40_000, max_seconds=60, prefix="a"
+        )
+        with load_a:
+            time.sleep(2.0)
+            began = time.monotonic()
+            pids = _stack_processes(a)
+            if fault == "partition":
+                relay_a.blackhole()
+            else:
+                _signal_all(pids, signal.SIGSTOP)
+            b = _take_over(stack_factory, data_b, url_b)
+            took_over_after = time.monotonic() - began
+            with WriteLoad(
+                b.base_url, threads=2, pause=0.005, max_requests=20_000, max_seconds=30, prefix="b"
+            ) as load_b:
+                time.sleep(3.0)
+                if fault == "partition":
+                    relay_a.heal()
+                else:
+                    _signal_all(pids, signal.SIGCONT)
+                time.sleep(4.0)
+        a_holder = str(data_a / "hello.db")
+        could_pass_at = _wall_to_monotonic(watch.last_write[a_holder] + TTL)
+
+    late = [name for name, at in load_a.acknowledged.items() if at > could_pass_at]
+    a_status_after = http_status(a.url("/readyz"), timeout=2.0)
+
+    # B stops gracefully: its final sync, then the replica must hold every write it acknowledged.
+    assert b.terminate() == 0, b.logs()
+    stack_b_copy = tmp_path / "after-b.db"
+    restore_replica(url_b, stack_b_copy)
+    missing_b = set(load_b.acknowledged) - usernames(stack_b_copy)
+    integrity = _integrity(stack_b_copy)
+
+    # A's volume comes back: the lineage path sets it aside and re-applies its newer rows.
+    a.kill()
+    again = stack_factory(data_a, replica_url=url_a, extra_env=env)
+    assert again.terminate() == 0, again.logs()
+    final_copy = tmp_path / "final.db"
+    restore_replica(url_a, final_copy)
+    final = usernames(final_copy)
+    missing_a = set(load_a.acknowledged) - final
+    missing_b_final = set(load_b.acknowledged) - final
+
+    record_figures(
+        f"fenced-{fault}",
+        lease_ttl_s=TTL,
+        b_took_over_after_s=round(took_over_after, 1),
+        a_acknowledged=len(load_a.acknowledged),
+        a_acknowledged_after_lease_could_pass=len(late),
+        a_readiness_after=a_status_after,
+        b_acknowledged=len(load_b.acknowledged),
+        b_missing_when_b_stops=len(missing_b),
+        replica_integrity=integrity,
+        missing_after_a_returns=len(missing_a) + len(missing_b_final),
+    )
+    assert load_a.acknowledged and load_b.acknowledged
+    assert not late, f"A acknowledged {len(late)} writes after its lease could pass"
+    assert not missing_b, f"{len(missing_b)} of B's acknowledged writes are missing from the replica"
+    assert integrity == "ok"
+    assert not missing_a and not missing_b_final, (len(missing_a), len(missing_b_final))
