@@ -80,9 +80,7 @@ def test_the_guard_refuses_past_the_deadline_and_takes_writes_again_once_renewed
 
 
 def _config(tmp_path: Path, deadline: Path) -> Config:
-    return Config(
-        database_path=tmp_path / "hello.db", port=0, metrics_port=0, lease_deadline_file=deadline
-    )
+    return Config(database_path=tmp_path / "hello.db", port=0, metrics_port=0, lease_deadline_file=deadline)
 
 
 async def test_the_api_refuses_writes_past_the_deadline_reads_on_and_recovers(
