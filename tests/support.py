@@ -1,12 +1,14 @@
 """Helpers for tests that run real processes: free loopback ports, waiting for HTTP."""
 
 import os
+import resource
 import shutil
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,19 @@ def require_root_for_tmpfs() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true but {reason}")
     pytest.skip(reason)
+
+
+def raise_open_files_limit(needed: int) -> Iterator[None]:
+    """Raise this process's soft open-files limit to its hard limit for a test (children inherit it).
+
+    A login shell's default is 1,024 (GitHub's runner, ``su - user``); a flood of thousands of
+    sockets needs more. Raising the soft limit up to the hard one needs no privilege.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.fail(f"the hard open-files limit is {hard}; this test needs {needed}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -5,17 +5,26 @@ import json
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.drills.conftest import record_figures
 from tests.drills.hardening import Prober, start_gunicorn, stop
-from tests.support import wait_for_status
+from tests.support import raise_open_files_limit, wait_for_status
 
 FLOOD_SOCKETS = 3000
 FLOOD_SECONDS = 20.0
 HEADER_TIMEOUT = 4.0
+
+
+@pytest.fixture(autouse=True)
+def enough_open_files() -> Iterator[None]:
+    # The flood and gunicorn's worker (which inherits the limit) each hold FLOOD_SOCKETS sockets.
+    yield from raise_open_files_limit(FLOOD_SOCKETS + 1000)
+
+
 HEAD = b"GET /hello/Probe HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\nX-Padding: " + b"x" * 64
 
 
