@@ -70,9 +70,7 @@ class Holder:
 
     @classmethod
     def me(cls, database: Path, environ: Mapping[str, str]) -> "Holder":
-        # FLY_MACHINE_ID is set by Fly.io on every machine; elsewhere the host name stands for it.
-        machine = environ.get("FLY_MACHINE_ID") or socket.gethostname()
-        return cls(machine, str(database), os.getpid(), uuid.uuid4().hex, _now())
+        return cls(machine_identity(environ), str(database), os.getpid(), uuid.uuid4().hex, _now())
 
     @classmethod
     def from_json(cls, document: Any) -> "Holder":
@@ -92,6 +90,27 @@ class Holder:
 
     def describe(self) -> str:
         return f"machine {self.machine} (database {self.database}, pid {self.pid}) since {self.since}"
+
+
+def machine_identity(environ: Mapping[str, str], machine_id_file: Path = Path("/etc/machine-id")) -> str:
+    """What "the same machine" means for the lease: something a copied volume cannot carry elsewhere.
+
+    - Fly.io: ``FLY_MACHINE_ID``. A forked volume or a machine cloned from a snapshot is another
+      machine, with another ID; a crash and restart on the same machine keeps it.
+    - Kubernetes: ``POD_UID`` (the downward API's ``metadata.uid``, deploy/kubernetes/sqlite). A
+      StatefulSet's recreated pod keeps its host name, but never its UID.
+    - Elsewhere: the host name and the host's ``/etc/machine-id``, which lives on the host, not on
+      the data volume.
+    """
+    for name in ("FLY_MACHINE_ID", "POD_UID"):
+        if value := environ.get(name, "").strip():
+            return value
+    host = socket.gethostname()
+    try:
+        machine_id = machine_id_file.read_text().strip()
+    except OSError:
+        machine_id = ""
+    return f"{host}/{machine_id}" if machine_id else host
 
 
 class WriterLease(Protocol):

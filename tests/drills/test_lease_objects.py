@@ -2,13 +2,14 @@
 
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.lease import FileLock, Holder, LeaseHeld, LeaseLost, S3Lease, volume_lock
+from service.lease import FileLock, Holder, LeaseHeld, LeaseLost, S3Lease, machine_identity, volume_lock
 from service.lease_deadline import lease_margin, now
 from service.replica import S3Replica, is_tigris, parse_s3_url
 from tests.drills.conftest import CREDENTIALS, S3Server
@@ -178,3 +179,28 @@ def test_two_first_acquisitions_that_race_leave_one_holder(s3_server: S3Server, 
         first.acquire()
     assert raced and "no lease before" in raced[0]
     second.renew()  # still the holder
+
+
+def test_the_machine_is_what_a_copied_volume_cannot_carry(tmp_path: Path) -> None:
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text("0123456789abcdef\n")
+    assert machine_identity({"FLY_MACHINE_ID": "e784079b449483"}, machine_id) == "e784079b449483"
+    assert machine_identity({"POD_UID": "5b9c0f4e-1d2a"}, machine_id) == "5b9c0f4e-1d2a"
+    elsewhere = machine_identity({}, machine_id)
+    assert elsewhere.endswith("/0123456789abcdef") and elsewhere.startswith(socket.gethostname())
+    assert machine_identity({}, tmp_path / "missing") == socket.gethostname()
+
+
+def test_a_recreated_pod_with_the_same_host_name_waits_for_the_lease(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """A StatefulSet's new pod keeps its host name and database path, but not its UID."""
+    prefix = f"lease-{tmp_path.name}"
+    old_pod = Holder.me(Path("/data/hello.db"), {"POD_UID": "old-uid"})
+    new_pod = Holder.me(Path("/data/hello.db"), {"POD_UID": "new-uid"})
+    _lease(s3_server, prefix, old_pod).acquire()
+    with pytest.raises(LeaseHeld, match="machine old-uid"):
+        _lease(s3_server, prefix, new_pod).acquire()
+    # The same pod restarting after a crash (same UID) takes it over at once, as before.
+    again = Holder.me(Path("/data/hello.db"), {"POD_UID": "old-uid"})
+    assert "previous run" in _lease(s3_server, prefix, again).acquire()
