@@ -402,7 +402,7 @@ class Supervisor:
             log.info(f"keeping {database}: {placement.reason}", extra=figures)
             return placement
         aside = set_aside(database)
-        self._pending_marker().write_text(str(aside))
+        self._write_pending([*self._pending_reapply(), aside])
         log.warning(
             f"{database} is {_WHERE[placement.standing]} ({placement.reason}): set aside as {aside}; "
             "restoring the replica's latest",
@@ -413,15 +413,39 @@ class Supervisor:
         return placement
 
     def _pending_marker(self) -> Path:
-        """Names the set-aside file whose newer rows are still to be re-applied (survives a crash)."""
+        """Lists the set-aside files whose newer rows are still to be re-applied (survives a crash).
+
+        One path a line. A file is added before anything is restored over it and removed only once
+        its rows are re-applied, so a crash at any step leaves every set-aside file listed: a boot
+        that restores again sets the restored copy aside too and adds it, never overwriting the list.
+        """
         database = self.settings.database
         return database.with_name(f".{database.name}.reapply-pending")
 
-    def _pending_reapply(self) -> Path | None:
+    def _pending_reapply(self) -> list[Path]:
+        try:
+            text = self._pending_marker().read_text()
+        except FileNotFoundError:
+            return []
+        return [Path(line) for line in text.splitlines() if line.strip()]
+
+    def _write_pending(self, pending: list[Path]) -> None:
+        """Replace the list atomically: write, fsync, rename, fsync the folder (or remove it when empty)."""
         marker = self._pending_marker()
-        if not marker.exists():
-            return None
-        return Path(marker.read_text().strip())
+        if not pending:
+            marker.unlink(missing_ok=True)
+        else:
+            draft = marker.with_name(marker.name + ".tmp")
+            with draft.open("w") as out:
+                out.write("".join(f"{path}\n" for path in pending))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(draft, marker)
+        folder = os.open(marker.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def _restore(self) -> Standing:
         """Restore the replica's latest into the missing database; RESTORED, or NEW with no backup yet."""
@@ -535,17 +559,21 @@ class Supervisor:
     # --- 6. Re-applying set-aside rows ---------------------------------------------------------------
 
     def _reapply_set_aside_rows(self, placement: Placement) -> BootReport:
-        aside = self._pending_reapply()
-        if aside is None:
+        pending = self._pending_reapply()
+        if not pending:
             return BootReport(placement.standing)
-        read, written = reapply_newer_rows(self.settings.database, aside)
-        self._pending_marker().unlink()
-        log.warning(
-            f"re-applied {written} of the {read} rows of {aside} that were newer than the replica's "
-            "(newest updated_at wins); the file stays for inspection",
-            extra={"rows_set_aside": read, "rows_reapplied": written, "set_aside": str(aside)},
-        )
-        return BootReport(placement.standing, str(aside), read, written)
+        total_read = total_written = 0
+        for aside in list(pending):
+            read, written = reapply_newer_rows(self.settings.database, aside)
+            pending.remove(aside)
+            self._write_pending(pending)
+            total_read, total_written = total_read + read, total_written + written
+            log.warning(
+                f"re-applied {written} of the {read} rows of {aside} that were newer than the replica's "
+                "(newest updated_at wins); the file stays for inspection",
+                extra={"rows_set_aside": read, "rows_reapplied": written, "set_aside": str(aside)},
+            )
+        return BootReport(placement.standing, str(aside), total_read, total_written)
 
     # --- 7. gunicorn, and serving ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import pytest
 
 from service.birthdays import greeting
 from tests.drills.conftest import (
+    Relay,
     S3Server,
     StackFactory,
     WriteLoad,
@@ -29,6 +30,7 @@ from tests.drills.conftest import (
     put_birthday,
     record_figures,
     restore_replica,
+    usernames,
 )
 from tests.support import http_status
 
@@ -172,3 +174,65 @@ def _metric_lines(port: str, prefix: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text: str = response.read().decode()
     return "\n".join(line for line in text.splitlines() if line.startswith(prefix))
+
+
+@pytest.mark.slow
+def test_a_stack_killed_between_restore_and_first_sync_still_reapplies_the_rows(
+    s3_server: S3Server, stack_factory: StackFactory, tmp_path: Path
+) -> None:
+    """The re-apply list survives a crash after the restore: the next boot sets the restored copy aside
+    too, adds it to the list (never overwriting it), and the first set-aside rows still arrive."""
+    relay = Relay(s3_server.moto_port)
+    relay.open()
+    try:
+        prefix = f"marker-crash-{tmp_path.name}"
+        replica_url = (
+            f"s3://{s3_server.bucket}/{prefix}?endpoint=http://127.0.0.1:{relay.port}&region=us-east-1"
+        )
+        volume_a, volume_b = tmp_path / "a", tmp_path / "b"
+        lease = {"WRITER_LEASE_TTL": "3"}
+        machine_a = stack_factory(volume_a, replica_url=replica_url, extra_env=lease)
+        with WriteLoad(machine_a.base_url, threads=4, max_requests=20000, max_seconds=10, prefix="a") as load:
+            time.sleep(2.0)
+            machine_a.kill()
+        time.sleep(3.5)  # A's lease lapses
+        machine_b = stack_factory(volume_b, replica_url=replica_url, extra_env=lease)
+        unsynced = {name for name in load.acknowledged if get_birthday(machine_b.base_url, name)[0] != 200}
+        assert put_birthday(machine_b.base_url, "Beeafter") == 204
+        assert machine_b.terminate() == 0, machine_b.logs()
+
+        # A's volume comes back; it is killed after the restore, before Litestream's first sync.
+        crashing = stack_factory(volume_a, replica_url=replica_url, extra_env=lease, wait=False)
+        deadline = time.monotonic() + 60
+        while "restored " not in crashing.logs():
+            assert crashing.process.poll() is None and time.monotonic() < deadline, crashing.logs()
+            time.sleep(0.01)
+        relay.blackhole()  # the first sync cannot happen
+        time.sleep(0.5)
+        crashing.kill()
+        pending = (volume_a / ".hello.db.reapply-pending").read_text().splitlines()
+        relay.heal()
+
+        again = stack_factory(volume_a, replica_url=replica_url, extra_env=lease)
+        logs = again.logs()
+        assert again.terminate() == 0, logs
+        copy = tmp_path / "restored.db"
+        restore_replica(replica_url, copy)
+        restored = usernames(copy)
+        lost = set(load.acknowledged) - restored
+        record_figures(
+            "marker-crash",
+            acknowledged_by_a=len(load.acknowledged),
+            not_in_replica_when_a_died=len(unsynced),
+            listed_after_the_crash=len(pending),
+            set_aside_files=len(list(volume_a.glob("hello.db.set-aside-*[0-9Z]"))),
+            lost=len(lost),
+        )
+        assert unsynced, "machine A had no write outside the replica: the drill would prove nothing"
+        assert len(pending) == 1
+        assert not lost, f"{len(lost)} of A's acknowledged writes never arrived: {sorted(lost)[:5]}"
+        assert "Beeafter" in restored
+        assert not (volume_a / ".hello.db.reapply-pending").exists(), "the list is emptied once re-applied"
+    finally:
+        relay.heal()
+        relay.close()
