@@ -75,12 +75,18 @@ litestream="$(command -v litestream || true)"
 # Litestream 0.5.17's S3 client fails to start at all when AWS_CA_BUNDLE is set.
 unset AWS_CA_BUNDLE
 
+# The writer lease names the generation that holds the data (or that was written at -timestamp).
+at=()
+[[ -z "${timestamp}" ]] || at=(--at "${timestamp}")
+source_url="$("${python}" -m service replica-url "${at[@]}")" || die "could not read the writer lease"
+[[ "${source_url}" == "${REPLICA_URL}" ]] || echo "restoring from the lease's generation: ${source_url}" >&2
+
 args=(restore -o "${output}" -integrity-check full)
 [[ -z "${timestamp}" ]] || args+=(-timestamp "${timestamp}")
 started_us=${EPOCHREALTIME/[.,]/}
-if ! "${litestream}" "${args[@]}" "${REPLICA_URL}"; then
+if ! "${litestream}" "${args[@]}" "${source_url}"; then
     rm -f -- "${output}" "${output}.tmp"
-    die "litestream could not restore from ${REPLICA_URL}${timestamp:+ as of ${timestamp}} (its error is above)"
+    die "litestream could not restore from ${source_url}${timestamp:+ as of ${timestamp}} (its error is above)"
 fi
 elapsed_ms=$(((${EPOCHREALTIME/[.,]/} - started_us) / 1000))
 

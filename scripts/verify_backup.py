@@ -140,12 +140,22 @@ def find_litestream(environ: Mapping[str, str]) -> str:
 def restore_latest(
     litestream: str, replica_url: str, output: Path, environ: Mapping[str, str], timeout: float
 ) -> str | None:
-    """Restore the replica's latest state into ``output``; None when it worked, else Litestream's reason."""
+    """Restore the replica's latest state into ``output``; None when it worked, else Litestream's reason.
+
+    The latest state is in the generation the writer lease names (``service/lease.py``).
+    """
+    from service.lease import current_replica_url
+    from service.replica import ReplicaUnavailable
+
     env = dict(environ)
     env.pop("AWS_CA_BUNDLE", None)  # Litestream 0.5.17's S3 client cannot start with it set
     try:
+        source = current_replica_url(replica_url, env)
+    except ReplicaUnavailable as exc:
+        return f"could not read the writer lease: {exc}"
+    try:
         result = subprocess.run(
-            [litestream, "restore", "-integrity-check", "full", "-o", str(output), replica_url],
+            [litestream, "restore", "-integrity-check", "full", "-o", str(output), source],
             env=env,
             capture_output=True,
             text=True,

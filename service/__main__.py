@@ -3,6 +3,9 @@
 ``python -m service migrate`` applies the migrations to ``DATABASE_PATH`` (or, when ``DATABASE_URL`` is
 set, to that PostgreSQL database, under an advisory lock) and exits.
 
+``python -m service replica-url [--at TIME]`` prints the URL that holds ``REPLICA_URL``'s data: the
+generation the writer lease names, or the one being written at TIME (RFC 3339), for restores.
+
 ``python -m service supervise ROOT`` runs the production stack (scripts/start.sh execs it; ROOT is the
 folder with litestream.yml and gunicorn.conf.py): the boot checks, then Litestream and gunicorn side
 by side (``service/supervisor.py``).
@@ -21,7 +24,10 @@ from service.store import SchemaTooNew, StoreUnavailable, migrate_store
 
 log = logging.getLogger("service")
 
-USAGE = "usage: python -m service [migrate | supervise ROOT | copy-data --from SOURCE --to TARGET]"
+USAGE = (
+    "usage: python -m service "
+    "[migrate | supervise ROOT | replica-url [--at TIME] | copy-data --from SOURCE --to TARGET]"
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
         from service.store.copy import main as copy_data
 
         sys.exit(copy_data(args[1:]))
+    if args[:1] == ["replica-url"]:
+        sys.exit(_replica_url(args[1:]))
     if args[:1] == ["supervise"]:
         if len(args) != 2:
             sys.exit(USAGE)
@@ -60,6 +68,36 @@ def main(argv: list[str] | None = None) -> None:
         log.error("start-up failed", exc_info=exc)
         exit_if_threads_linger(1)
         sys.exit(1)
+
+
+def _replica_url(args: list[str]) -> int:
+    import os
+    from datetime import UTC, datetime
+
+    from service.lease import current_replica_url
+    from service.replica import ReplicaUnavailable
+
+    at: datetime | None = None
+    if args[:1] == ["--at"] and len(args) == 2:
+        try:
+            at = datetime.fromisoformat(args[1].replace("Z", "+00:00"))
+        except ValueError:
+            sys.stderr.write(f"replica-url: --at must be an RFC 3339 time, not {args[1]!r}\n")
+            return 2
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    elif args:
+        sys.stderr.write(USAGE + "\n")
+        return 2
+    replica_url = os.environ.get("REPLICA_URL", "")
+    if not replica_url:
+        sys.stderr.write("replica-url: REPLICA_URL is not set\n")
+        return 2
+    try:
+        print(current_replica_url(replica_url, os.environ, at))
+    except (ReplicaUnavailable, ValueError) as exc:
+        sys.stderr.write(f"replica-url: could not read the writer lease of {replica_url}: {exc}\n")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

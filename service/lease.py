@@ -15,6 +15,15 @@ path for as long as it runs, and refuses to start while another live writer hold
   successful write of the lease was *sent*, plus the TTL, less a margin. Past it, the stack stops
   acknowledging writes and uploading, whether or not the store answers, so a machine cut off from
   the store (or frozen) never writes beside the one that took the lease after it lapsed.
+- Fencing in the store: a generation per holder. The lease names the replica path its holder
+  writes to (``generation``, with the history of earlier ones and when each began). A holder that
+  takes the lease over from one that did not release it (lapsed) starts a new generation: it places
+  its database against the previous one (restoring from it), then replicates into
+  ``<path>/generations/<name>``. So a writer that lost the lease without knowing it, frozen past any
+  deadline or with a request held in the network, can only ever write into its own old generation,
+  which nobody follows any more: it cannot overwrite or interleave with the current writer's files.
+  A release (a graceful stop, after Litestream's final sync) and this machine's own restart keep the
+  generation. Restores, the backup check and PITR follow the lease (``current_replica_url``).
 - ``file://`` replicas: an exclusive ``flock`` on ``<path>/writer.lock``, which the kernel releases
   when the holder dies; the file says who holds it.
 - The volume: an exclusive ``flock`` on ``.<db>.lock`` beside the database, held for the stack's
@@ -36,7 +45,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from service import lease_deadline
-from service.replica import FileReplica, ReplicaUnavailable, S3Replica
+from service.replica import (
+    FileReplica,
+    ReplicaUnavailable,
+    S3Replica,
+    generation_at,
+    generation_url,
+    open_replica,
+)
 
 LEASE_OBJECT = "writer-lease.json"
 LEASE_FILE = "writer.lock"
@@ -115,6 +131,9 @@ def machine_identity(environ: Mapping[str, str], machine_id_file: Path = Path("/
 
 class WriterLease(Protocol):
     holder: Holder
+    # The generation this holder writes to, and the one its data comes from (differs after a takeover).
+    generation: str
+    previous_generation: str
 
     def acquire(self) -> str:
         """Take the lease or raise ``LeaseHeld``; returns how it was taken, for the log."""
@@ -142,6 +161,9 @@ class FileLock:
         self.holder = holder
         self.what = what
         self._fd: int | None = None
+        # The kernel's lock cannot pass to anyone while this process lives: one generation, the root.
+        self.generation = ""
+        self.previous_generation = ""
 
     def acquire(self) -> str:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +215,16 @@ class _Seen:
     ttl: float
     age: float
     etag: str
+    generation: str
+    history: list[dict[str, str]]
+
+
+_HISTORY_KEPT = 100  # generations remembered in the lease (for point-in-time restores)
+
+
+def _new_generation(holder: Holder) -> str:
+    """Sortable by when it began, unique by the holder's run."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{holder.instance[:8]}"
 
 
 class S3Lease:
@@ -206,14 +238,22 @@ class S3Lease:
         self._etag: str | None = None
         # When the last successful write of the lease was sent, on the lease's clock.
         self._sent_at = -math.inf
+        self.generation = ""
+        self.previous_generation = ""
+        self._history: list[dict[str, str]] = []
 
     def acquire(self) -> str:
         for _ in range(3):  # another writer may win a race between the read and the write
             seen = self._read()
             if seen is None:
+                # The root generation: a replica made before the lease existed goes on as it is.
+                self.generation = self.previous_generation = ""
+                self._history = [{"generation": "", "since": _now()}]
                 if self._write(if_none_match=True):
                     return "taken (no lease before)"
                 continue
+            self.generation = self.previous_generation = seen.generation
+            self._history = seen.history or [{"generation": seen.generation, "since": seen.holder.since}]
             if seen.holder.instance == self.holder.instance:
                 # Our own write, whose answer was lost: write again, so that the deadline counts
                 # from a write whose sending time is known.
@@ -225,8 +265,13 @@ class S3Lease:
             elif self.holder.same_place(seen.holder):
                 how = f"taken over from this machine's previous run ({seen.holder.describe()})"
             elif seen.age > seen.ttl:
+                # The lapsed holder may still be running: it keeps its generation, this one starts anew.
+                self.generation = _new_generation(self.holder)
+                self._history = [*self._history, {"generation": self.generation, "since": _now()}]
+                self._history = self._history[-_HISTORY_KEPT:]
                 how = (
-                    f"taken over from {seen.holder.describe()}, which lapsed {seen.age - seen.ttl:.0f} s ago"
+                    f"taken over from {seen.holder.describe()}, which lapsed {seen.age - seen.ttl:.0f} s "
+                    f"ago; writing generation {self.generation}"
                 )
             else:
                 raise LeaseHeld(
@@ -291,12 +336,17 @@ class S3Lease:
         except (TypeError, ValueError):
             now = datetime.now(UTC)
         age = (now - answer["LastModified"]).total_seconds()
+        history = document.get("history")
         return _Seen(
             holder=Holder.from_json(document.get("holder")),
             released=bool(document.get("released")),
             ttl=float(document.get("ttl_seconds") or self.ttl),
             age=age,
             etag=answer["ETag"],
+            generation=str(document.get("generation") or ""),
+            history=[dict(entry) for entry in history if isinstance(entry, dict)]
+            if isinstance(history, list)
+            else [],
         )
 
     def _write(
@@ -308,6 +358,8 @@ class S3Lease:
             "ttl_seconds": self.ttl,
             "released": released,
             "written_at": _now(),
+            "generation": self.generation,
+            "history": self._history,
         }
         condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if if_none_match else {}
         sent_at = lease_deadline.now()
@@ -343,3 +395,32 @@ def release_quietly(lease: WriterLease | FileLock) -> str | None:
         except ReplicaUnavailable as exc:
             return str(exc)
     return None
+
+
+def read_lease_document(replica: S3Replica) -> dict[str, Any] | None:
+    """The lease object as JSON, or None when there is none (a replica older than the lease)."""
+    try:
+        answer = replica.call("get_object", Bucket=replica.location.bucket, Key=replica.key(LEASE_OBJECT))
+    except ReplicaUnavailable as exc:
+        if exc.code == "NoSuchKey":
+            return None
+        raise
+    try:
+        document = json.loads(answer["Body"].read())
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def current_replica_url(replica_url: str, environ: Mapping[str, str], at: datetime | None = None) -> str:
+    """Where the replica's data is: the generation the lease names (or the one written at ``at``)."""
+    replica = open_replica(replica_url, environ)
+    if not isinstance(replica, S3Replica):
+        return replica_url
+    document = read_lease_document(replica) or {}
+    history = document.get("history")
+    if at is None or not isinstance(history, list):
+        generation = str(document.get("generation") or "")
+    else:
+        generation = generation_at([entry for entry in history if isinstance(entry, dict)], at)
+    return generation_url(replica_url, generation)

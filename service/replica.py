@@ -17,9 +17,10 @@ Two kinds of replica, as ``REPLICA_URL`` names them: ``s3://bucket/path?endpoint
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 LTX_NAME = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx")
 _S3_LEVEL0 = "0000"
@@ -251,3 +252,43 @@ def open_replica(url: str, environ: Mapping[str, str]) -> FileReplica | S3Replic
     if parts.scheme == "s3":
         return S3Replica(url, parse_s3_url(url), environ)
     raise ValueError(f"REPLICA_URL must be s3://bucket/path?... or file:///absolute/path, not {url!r}")
+
+
+# --- Generations: one replica path per writer that took the lease over without a release ------------
+
+GENERATIONS = "generations"
+
+
+def generation_url(replica_url: str, generation: str) -> str:
+    """The URL Litestream replicates to, or restores from, for ``generation`` of ``replica_url``.
+
+    The root generation ("") is the path itself: a replica made before generations existed keeps
+    working as it is. Any other lives at ``<path>/generations/<name>`` beside the lease object, with
+    the URL's query (endpoint, region) unchanged.
+    """
+    if not generation:
+        return replica_url
+    parts = urlsplit(replica_url)
+    path = f"{parts.path.rstrip('/')}/{GENERATIONS}/{generation}"
+    return urlunsplit(parts._replace(path=path))
+
+
+def generation_at(history: list[dict[str, str]], when: datetime | None) -> str:
+    """The generation that was being written at ``when`` (None: the current one) from a lease's history.
+
+    The history lists each generation with the time it began, oldest first; before the first entry
+    (a replica older than the lease) the root generation was written.
+    """
+    if not history:
+        return ""
+    if when is None:
+        return str(history[-1].get("generation", ""))
+    current = ""
+    for entry in history:
+        try:
+            since = datetime.fromisoformat(str(entry["since"]))
+        except (KeyError, ValueError):
+            continue
+        if since <= when:
+            current = str(entry.get("generation", ""))
+    return current

@@ -68,7 +68,7 @@ from service.lease_deadline import SharedDeadline
 from service.lineage import Placement, Standing, place, set_aside, state_dir
 from service.logs import configure_logging
 from service.parent_death import die_with_parent
-from service.replica import FileReplica, ReplicaUnavailable, S3Replica, open_replica
+from service.replica import FileReplica, ReplicaUnavailable, S3Replica, generation_url, open_replica
 from service.settings import Config, ConfigError, seconds_setting
 
 log = logging.getLogger("service.supervisor")
@@ -254,6 +254,8 @@ class Supervisor:
         self.fence_file = self.settings.runtime_dir / f"hello-birthday-fence.{os.getpid()}"
         self.deadline_file = self.settings.runtime_dir / f"hello-birthday-lease-deadline.{os.getpid()}"
         self.keeper: LeaseKeeper | None = None
+        # Where the data comes from and where Litestream writes: the lease's generations.
+        self.read_url = self.write_url = self.settings.replica_url
 
     # --- Signals -----------------------------------------------------------------------------------
 
@@ -296,7 +298,13 @@ class Supervisor:
             taken = self._within_restore_timeout("taking the writer lease", lease.acquire)
             log.info(f"writer lease on {self.settings.replica_url} {taken}")
             self._keep_lease(lease)
+            self.read_url = generation_url(self.settings.replica_url, lease.previous_generation)
+            self.write_url = generation_url(self.settings.replica_url, lease.generation)
+            if self.read_url != self.settings.replica_url:
+                replica = open_replica(self.read_url, self.environ)
             placement = self._prepare_database(replica)
+            if self.read_url != self.write_url:
+                self._start_generation(lease.generation)
             migrate(self.settings.database)
             self._check_lease("before starting Litestream")
             litestream = self._start_litestream()
@@ -412,6 +420,16 @@ class Supervisor:
             raise BootError(f"the replica {self.settings.replica_url} had nothing to restore after all")
         return placement
 
+    def _start_generation(self, generation: str) -> None:
+        """After a takeover: Litestream starts the new generation afresh, with a full snapshot of the
+        database as placed (its state folder follows the previous generation's files)."""
+        shutil.rmtree(state_dir(self.settings.database), ignore_errors=True)
+        log.warning(
+            f"replicating into a new generation, {self.write_url}: the previous writer did not release "
+            f"the lease and may still be running; its generation {self.read_url} is left as it is",
+            extra={"generation": generation},
+        )
+
     def _pending_marker(self) -> Path:
         """Lists the set-aside files whose newer rows are still to be re-applied (survives a crash).
 
@@ -456,14 +474,14 @@ class Supervisor:
             with contextlib.suppress(FileNotFoundError):
                 database.with_name(database.name + leftover).unlink()
         shutil.rmtree(state_dir(database), ignore_errors=True)
-        log.info(f"no usable database at {database}: restoring from {self.settings.replica_url}")
+        log.info(f"no usable database at {database}: restoring from {self.read_url}")
         began = time.monotonic()
         restore = _spawn(
             [
                 "litestream", "restore", "-config", str(self.settings.litestream_config),
                 "-if-replica-exists", "-integrity-check", "quick", str(database),
             ],
-            self.environ,
+            {**self.environ, "REPLICA_URL": self.read_url},
             capture=True,
         )  # fmt: skip
         try:
@@ -471,7 +489,7 @@ class Supervisor:
         except subprocess.TimeoutExpired:
             self._kill_restore(restore)
             raise BootError(
-                f"restore from REPLICA_URL ({self.settings.replica_url}) did not finish within "
+                f"restore from REPLICA_URL ({self.read_url}) did not finish within "
                 f"{self.settings.restore_timeout:g} s (RESTORE_TIMEOUT): the replica may be unreachable. "
                 "Not starting with an empty database."
             ) from None
@@ -485,7 +503,7 @@ class Supervisor:
             self._remove_partial_restore()
             last = text.splitlines()[-1] if text else "no output"
             raise BootError(
-                f"restore from REPLICA_URL ({self.settings.replica_url}) failed "
+                f"restore from REPLICA_URL ({self.read_url}) failed "
                 f"({_describe_exit(restore.returncode)}): {last}. Not starting with an empty database "
                 "over a replica that may hold the data."
             )
@@ -512,7 +530,8 @@ class Supervisor:
     def _start_litestream(self) -> "subprocess.Popen[bytes]":
         log.info("starting Litestream; gunicorn starts after its first sync")
         return _spawn(
-            ["litestream", "replicate", "-config", str(self.settings.litestream_config)], self.environ
+            ["litestream", "replicate", "-config", str(self.settings.litestream_config)],
+            {**self.environ, "REPLICA_URL": self.write_url},
         )
 
     def _wait_for_first_sync(self, litestream: "subprocess.Popen[bytes]") -> None:

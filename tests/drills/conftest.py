@@ -100,6 +100,7 @@ class Relay:
         self.pause_per_chunk = 0.0
         # A network partition: connections are accepted and held, nothing is forwarded either way.
         self._blackholed = threading.Event()
+        self._parked: list[socket.socket] = []  # accepted during a partition, not yet forwarded
 
     def open(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -127,14 +128,21 @@ class Relay:
         """A partition: from now on nothing is forwarded, and connections, old and new, hang."""
         self._blackholed.set()
 
-    def heal(self) -> None:
-        """The partition ends: the connections it held are cut (what they carried is never delivered),
-        and new ones are forwarded again."""
+    def heal(self, deliver: bool = False) -> None:
+        """The partition ends, and new connections are forwarded again. The connections it held are
+        cut (what they carried is never delivered), or with ``deliver`` forwarded at last, as TCP's
+        retransmissions deliver what a partition held once it heals."""
         with self._lock:
-            held, self._connections = self._connections, set()
+            parked, self._parked = self._parked, []
+            if not deliver:
+                held, self._connections = self._connections, set()
         self._blackholed.clear()
-        for conn in held:
-            _close_quietly(conn)
+        if not deliver:
+            for conn in held:
+                _close_quietly(conn)
+            return
+        for client in parked:
+            self._forward(client)
 
     def _hold_while_blackholed(self, conn: socket.socket) -> bool:
         """Wait out a partition; False when the connection was cut meanwhile."""
@@ -153,21 +161,28 @@ class Relay:
                 return
             if self._blackholed.is_set():
                 with self._lock:
-                    self._connections.add(client)  # held, never answered; cut at heal
+                    self._connections.add(client)  # held, never answered until the heal
+                    self._parked.append(client)
                 continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=5)
-            except OSError:
+            if not self._forward(client):
+                return
+
+    def _forward(self, client: socket.socket) -> bool:
+        """Connect ``client`` to the target and pump both ways; False once the relay is closed."""
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=5)
+        except OSError:
+            _close_quietly(client)
+            return True
+        with self._lock:
+            if self._listener is None:
                 _close_quietly(client)
-                continue
-            with self._lock:
-                if self._listener is not listener:
-                    _close_quietly(client)
-                    _close_quietly(upstream)
-                    return
-                self._connections.update((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+                _close_quietly(upstream)
+                return False
+            self._connections.update((client, upstream))
+        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        return True
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
@@ -495,12 +510,19 @@ def birthdays(database: Path) -> dict[str, str]:
 
 
 def restore_replica(replica_url: str, output: Path, *extra: str, timeout: float = 120.0) -> float:
-    """``litestream restore`` of ``replica_url`` into ``output``; the seconds it took."""
+    """``litestream restore`` of ``replica_url`` into ``output``, from the generation the writer lease
+    names (as of ``-timestamp`` when given); the seconds it took."""
+    from datetime import datetime
+
+    from service.lease import current_replica_url
+
     env = base_env()
     env.pop("AWS_CA_BUNDLE", None)  # Litestream 0.5.17's S3 client cannot start with it set.
+    at = datetime.fromisoformat(extra[extra.index("-timestamp") + 1]) if "-timestamp" in extra else None
+    source = current_replica_url(replica_url, env, at)
     began = time.monotonic()
     result = subprocess.run(
-        [tool("litestream"), "restore", *extra, "-o", str(output), replica_url],
+        [tool("litestream"), "restore", *extra, "-o", str(output), source],
         env=env,
         capture_output=True,
         text=True,

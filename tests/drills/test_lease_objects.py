@@ -4,14 +4,24 @@ import math
 import os
 import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.lease import FileLock, Holder, LeaseHeld, LeaseLost, S3Lease, machine_identity, volume_lock
+from service.lease import (
+    FileLock,
+    Holder,
+    LeaseHeld,
+    LeaseLost,
+    S3Lease,
+    current_replica_url,
+    machine_identity,
+    volume_lock,
+)
 from service.lease_deadline import lease_margin, now
-from service.replica import S3Replica, is_tigris, parse_s3_url
+from service.replica import S3Replica, generation_at, generation_url, is_tigris, parse_s3_url
 from tests.drills.conftest import CREDENTIALS, S3Server
 
 
@@ -204,3 +214,47 @@ def test_a_recreated_pod_with_the_same_host_name_waits_for_the_lease(
     # The same pod restarting after a crash (same UID) takes it over at once, as before.
     again = Holder.me(Path("/data/hello.db"), {"POD_UID": "old-uid"})
     assert "previous run" in _lease(s3_server, prefix, again).acquire()
+
+
+def test_a_takeover_from_a_lapsed_holder_starts_a_generation_and_a_release_keeps_it(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    prefix = f"lease-{tmp_path.name}"
+    url = s3_server.replica_url(prefix)
+    first = _lease(s3_server, prefix, _holder("machine-a"), ttl=1)
+    first.acquire()
+    assert first.generation == first.previous_generation == "", "a new lease writes the root"
+    time.sleep(2.5)  # first lapses (it may still be running: a partition, a freeze)
+    second = _lease(s3_server, prefix, _holder("machine-b"), ttl=1)
+    assert "writing generation" in second.acquire()
+    assert second.previous_generation == "" and second.generation
+    assert (
+        current_replica_url(url, CREDENTIALS)
+        == f"{url.split('?')[0]}/generations/{second.generation}?" + (url.split("?")[1])
+    )
+    second.release()  # a graceful stop: its Litestream has made its final sync and exited
+    third = _lease(s3_server, prefix, _holder("machine-c"), ttl=1)
+    assert "released it" in third.acquire()
+    assert third.generation == third.previous_generation == second.generation
+    restarted = _lease(s3_server, prefix, _holder("machine-c"), ttl=1)  # a crash, then a restart
+    assert "previous run" in restarted.acquire()
+    assert restarted.generation == second.generation, "this machine's own restart keeps its generation"
+
+
+def test_generations_for_point_in_time_restores() -> None:
+    url = "s3://bucket/hello.db?endpoint=http://127.0.0.1:9000&region=us-east-1"
+    assert generation_url(url, "") == url
+    assert (
+        generation_url(url, "g2")
+        == "s3://bucket/hello.db/generations/g2?endpoint=http://127.0.0.1:9000&region=us-east-1"
+    )
+    history = [
+        {"generation": "", "since": "2026-12-01T00:00:00+00:00"},
+        {"generation": "g2", "since": "2026-12-03T00:00:00+00:00"},
+        {"generation": "g3", "since": "2026-12-05T00:00:00+00:00"},
+    ]
+    assert generation_at(history, None) == "g3"
+    assert generation_at(history, datetime(2026, 12, 4, tzinfo=UTC)) == "g2"
+    assert generation_at(history, datetime(2026, 12, 6, tzinfo=UTC)) == "g3"
+    assert generation_at(history, datetime(2026, 11, 1, tzinfo=UTC)) == "", "before the lease: the root"
+    assert generation_at([], None) == ""
