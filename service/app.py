@@ -104,6 +104,8 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     metrics_app[keys.STORE] = app[keys.STORE]
     metrics_app[keys.METRICS] = app[keys.METRICS]
     metrics_app[keys.LITESTREAM] = app[keys.LITESTREAM]
+    metrics_app[keys.CONFIG] = config
+    metrics_app[keys.GUARD] = app[keys.GUARD]
     metrics_app.router.add_get("/metrics", views.metrics)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()

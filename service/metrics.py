@@ -145,6 +145,19 @@ class Metrics:
             ("kind",),
             registry=self.registry,
         )
+        self.merged = Gauge(
+            "hello_set_aside_merged",
+            "Since the stack started: copies delivered by machines that may not write (deliveries), their "
+            "rows (rows_read), and those merged because they were newer (rows_written).",
+            ("kind",),
+            registry=self.registry,
+        )
+        self.lease_remaining = Gauge(
+            "hello_writer_lease_remaining_seconds",
+            "Seconds before the writer lease's deadline, past which writes are refused (negative once "
+            "passed); absent without a lease (the PostgreSQL profile, the development server).",
+            registry=self.registry,
+        )
         self._status_text: dict[int, str] = {}
         # Set by the disk guard (service/diskfull.py) and the Litestream client (service/litestream.py).
         self.disk_full = 0

@@ -50,10 +50,12 @@ class Config:
     shutdown_timeout: float = 20.0
     # Set by the supervisor for gunicorn (service/supervisor.py), never by hand: Litestream's process
     # id (writes are refused once it exits), the fence file, the writer lease's shared deadline
-    # (service/lease_deadline.py), and what the boot did (JSON).
+    # (service/lease_deadline.py), what it merged from machines that may not write
+    # (service/stranded.py), and what the boot did (JSON).
     litestream_pid: int | None = None
     fence_file: Path | None = None
     lease_deadline_file: Path | None = None
+    set_aside_merged_file: Path | None = None
     boot_report: str = ""
     # Slow or abusive clients: a request head must arrive within header_timeout of the connection
     # opening (or of its first byte after an idle keep-alive pause), a body within body_timeout of
@@ -94,6 +96,9 @@ class Config:
             fence_file=Path(fence) if (fence := _text(env, "WRITER_FENCE_FILE", "")) else None,
             lease_deadline_file=(
                 Path(deadline) if (deadline := _text(env, "WRITER_LEASE_DEADLINE_FILE", "")) else None
+            ),
+            set_aside_merged_file=(
+                Path(merged) if (merged := _text(env, "SET_ASIDE_MERGED_FILE", "")) else None
             ),
             boot_report=_text(env, "BOOT_REPORT", ""),
             header_timeout=_seconds(env, "HEADER_TIMEOUT", defaults.header_timeout),

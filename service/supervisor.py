@@ -70,6 +70,7 @@ from service.logs import configure_logging
 from service.parent_death import die_with_parent
 from service.replica import FileReplica, ReplicaUnavailable, S3Replica, generation_url, open_replica
 from service.settings import Config, ConfigError, seconds_setting
+from service.stranded import Merger, deliver, inbox_for
 
 log = logging.getLogger("service.supervisor")
 
@@ -254,6 +255,8 @@ class Supervisor:
         self.fence_file = self.settings.runtime_dir / f"hello-birthday-fence.{os.getpid()}"
         self.deadline_file = self.settings.runtime_dir / f"hello-birthday-lease-deadline.{os.getpid()}"
         self.keeper: LeaseKeeper | None = None
+        self.merger: Merger | None = None
+        self.merged_file = self.settings.runtime_dir / f"hello-birthday-merged.{os.getpid()}"
         # Where the data comes from and where Litestream writes: the lease's generations.
         self.read_url = self.write_url = self.settings.replica_url
 
@@ -281,6 +284,9 @@ class Supervisor:
         try:
             return self._run_locked(volume)
         finally:
+            if self.merger is not None:
+                self.merger.stop()
+            self.merged_file.unlink(missing_ok=True)
             if self.keeper is not None:
                 self.keeper.stop()
                 self.keeper.deadline.remove()
@@ -295,14 +301,19 @@ class Supervisor:
             volume.acquire()
             replica = open_replica(self.settings.replica_url, self.environ)
             lease = writer_lease(replica, self.holder, self.settings.lease_ttl)
-            taken = self._within_restore_timeout("taking the writer lease", lease.acquire)
+            try:
+                taken = self._within_restore_timeout("taking the writer lease", lease.acquire)
+            except LeaseHeld:
+                self._deliver_stranded_rows(replica)
+                raise
             log.info(f"writer lease on {self.settings.replica_url} {taken}")
             self._keep_lease(lease)
             self.read_url = generation_url(self.settings.replica_url, lease.previous_generation)
             self.write_url = generation_url(self.settings.replica_url, lease.generation)
+            source = replica
             if self.read_url != self.settings.replica_url:
-                replica = open_replica(self.read_url, self.environ)
-            placement = self._prepare_database(replica)
+                source = open_replica(self.read_url, self.environ)
+            placement = self._prepare_database(source)
             if self.read_url != self.write_url:
                 self._start_generation(lease.generation)
             migrate(self.settings.database)
@@ -311,6 +322,7 @@ class Supervisor:
             children.append(litestream)
             self._wait_for_first_sync(litestream)
             report = self._reapply_set_aside_rows(placement)
+            self._start_merger(replica)
             self._check_lease("before serving")
             gunicorn = self._start_gunicorn(litestream.pid, report)
             children.append(gunicorn)
@@ -419,6 +431,33 @@ class Supervisor:
         if self._restore() is not Standing.RESTORED:
             raise BootError(f"the replica {self.settings.replica_url} had nothing to restore after all")
         return placement
+
+    # --- Rows of machines that may not write ---------------------------------------------------------
+
+    def _deliver_stranded_rows(self, replica: FileReplica | S3Replica) -> None:
+        """Refused: another writer holds the lease. Hand this volume's rows to it through the replica."""
+        try:
+            deliver(self.settings.database, inbox_for(replica), self.holder.machine)
+        except (ReplicaUnavailable, OSError, DatabaseError) as exc:
+            log.error(
+                f"could not deliver the rows of {self.settings.database} to the replica; they stay on "
+                "this volume for the next start",
+                extra={"reason": str(exc)},
+            )
+
+    def _start_merger(self, replica: FileReplica | S3Replica) -> None:
+        """Merge what refused machines delivered: once now, then once per lease TTL while writing."""
+        keeper = self.keeper
+        assert keeper is not None
+
+        def may_write() -> bool:
+            return keeper.lost is None and keeper.deadline.remaining() > 0
+
+        self.merger = Merger(
+            self.settings.database, inbox_for(replica), may_write, self.merged_file, self.settings.lease_ttl
+        )
+        self.merger.merge_now()
+        self.merger.start()
 
     def _start_generation(self, generation: str) -> None:
         """After a takeover: Litestream starts the new generation afresh, with a full snapshot of the
@@ -602,6 +641,7 @@ class Supervisor:
             "LITESTREAM_PID": str(litestream_pid),
             "WRITER_FENCE_FILE": str(self.fence_file),
             "WRITER_LEASE_DEADLINE_FILE": str(self.deadline_file),
+            "SET_ASIDE_MERGED_FILE": str(self.merged_file),
             "BOOT_REPORT": report.to_json(),
         }
         log.info("Litestream follows the database; starting gunicorn")

@@ -20,6 +20,7 @@ from service.problems import (
     UnsupportedMediaType,
 )
 from service.store import StoreUnavailable
+from service.stranded import MergeTotals
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,14 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     registry = request.app[keys.METRICS]
+    config = request.app[keys.CONFIG]
+    if config.set_aside_merged_file is not None:
+        totals = MergeTotals.read(config.set_aside_merged_file)
+        registry.merged.labels("deliveries").set(totals.deliveries)
+        registry.merged.labels("rows_read").set(totals.rows_read)
+        registry.merged.labels("rows_written").set(totals.rows_written)
+    if config.lease_deadline_file is not None:
+        registry.lease_remaining.set(request.app[keys.GUARD].lease_remaining())
     # Without the database the users gauge keeps its last value; the other series still answer.
     with contextlib.suppress(StoreUnavailable):
         registry.users.set(await request.app[keys.STORE].count_users())

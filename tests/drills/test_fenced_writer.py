@@ -237,3 +237,66 @@ def test_a_cut_off_or_frozen_writer_never_acknowledges_beside_the_next(
     assert not missing_b, f"{len(missing_b)} of B's acknowledged writes are missing from the replica"
     assert integrity == "ok"
     assert not missing_a and not missing_b_final, (len(missing_a), len(missing_b_final))
+
+
+@pytest.mark.slow
+def test_a_machine_refused_while_another_writes_still_delivers_its_rows(
+    s3_server: S3Server, stack_factory: StackFactory, tmp_path: Path
+) -> None:
+    """A is killed with writes the replica never got; B takes over and keeps serving; A's volume comes
+    back while B holds the lease: A is refused, but its rows reach B's replica (merged newest-wins)."""
+    replica_url = s3_server.replica_url(f"stranded-{tmp_path.name}")
+    lease = {"WRITER_LEASE_TTL": "3"}  # B merges deliveries once per TTL
+    a = stack_factory(tmp_path / "a", replica_url=replica_url, extra_env=lease)
+    with WriteLoad(a.base_url, threads=4, max_requests=20000, max_seconds=10, prefix="a") as load:
+        time.sleep(2.0)
+        a.kill()
+    time.sleep(3.5)  # A's lease lapses
+    b = stack_factory(tmp_path / "b", replica_url=replica_url, extra_env=lease)
+    with WriteLoad(
+        b.base_url, threads=2, pause=0.01, max_requests=5000, max_seconds=30, prefix="b"
+    ) as load_b:
+        refused = stack_factory(tmp_path / "a", replica_url=replica_url, extra_env=lease, wait=False)
+        code = refused.process.wait(timeout=60)
+        began = time.monotonic()
+        merged_metric = 0.0
+        while time.monotonic() - began < 20 and merged_metric == 0:
+            merged_metric = _metric(b.env["METRICS_PORT"], 'hello_set_aside_merged{kind="rows_written"}')
+            time.sleep(0.2)
+        merged_after = time.monotonic() - began
+        again = stack_factory(tmp_path / "a", replica_url=replica_url, extra_env=lease, wait=False)
+        again_code = again.process.wait(timeout=60)
+    assert b.terminate() == 0, b.logs()
+    copy = tmp_path / "restored.db"
+    restore_replica(replica_url, copy)
+    restored = usernames(copy)
+    lost_a = set(load.acknowledged) - restored
+    lost_b = set(load_b.acknowledged) - restored
+    delivered = s3_server.keys(f"stranded-{tmp_path.name}/merged")
+    record_figures(
+        "stranded-rows",
+        a_acknowledged=len(load.acknowledged),
+        refused_exit=code,
+        rows_merged_by_b=merged_metric,
+        merged_after_s=round(merged_after, 1),
+        b_acknowledged=len(load_b.acknowledged),
+        lost_from_a=len(lost_a),
+        lost_from_b=len(lost_b),
+        deliveries=len(delivered),
+    )
+    assert code != 0 and "another writer holds" in refused.logs(), refused.logs()
+    assert "delivered a copy" in refused.logs(), refused.logs()
+    assert merged_metric > 0, b.logs()
+    assert not lost_a and not lost_b, (len(lost_a), len(lost_b))
+    assert again_code != 0 and "delivered a copy" not in again.logs(), "delivered twice"
+    assert len(delivered) == 1 and not s3_server.keys(f"stranded-{tmp_path.name}/set-aside")
+
+
+def _metric(port: str, series: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+    return 0.0
