@@ -300,3 +300,62 @@ def _metric(port: str, series: str) -> float:
             if line.startswith(series + " "):
                 return float(line.split()[-1])
     return 0.0
+
+
+@pytest.mark.slow
+def test_a_restore_longer_than_the_lease_keeps_one_writer_at_a_time(
+    s3_server: S3Server,
+    stack_factory: StackFactory,
+    relays: Callable[[], Relay],
+    tmp_path: Path,
+) -> None:
+    """The lease is renewed from the moment it is taken: a slow restore (here 3+ TTLs, through a
+    throttled relay) does not let a second stack, trying all along, take it."""
+    prefix = f"boot-lapse-{tmp_path.name}"
+    relay_a, relay_b = relays(), relays()
+    url_a, url_b = _replica_url(s3_server, prefix, relay_a), _replica_url(s3_server, prefix, relay_b)
+    env = {"WRITER_LEASE_TTL": "3"}
+    seed = stack_factory(tmp_path / "seed", replica_url=url_a, extra_env=env)
+    with WriteLoad(seed.base_url, threads=4, max_requests=8000, max_seconds=20, prefix="s") as load:
+        while len(load.acknowledged) < 8000 and load.sent < 8000:
+            time.sleep(0.2)
+    assert seed.terminate() == 0, seed.logs()  # releases the lease
+
+    relay_a.pause_per_chunk = 0.1  # about 40 KB/s: the restore takes several TTLs
+    a = stack_factory(tmp_path / "a", replica_url=url_a, extra_env=env, wait=False)
+    wait_until_logged(a, "restoring from")
+    began = time.monotonic()
+    attempts = refused = 0
+    while http_status(a.url("/readyz"), timeout=1.0) != 200:
+        assert a.process.poll() is None and time.monotonic() - began < 120, a.logs()
+        b = stack_factory(tmp_path / "b", replica_url=url_b, extra_env=env, wait=False)
+        attempts += 1
+        code = b.process.wait(timeout=60)
+        refused += code != 0 and "another writer holds" in b.logs()
+        assert code != 0, f"a second writer started while A was restoring:\n{b.logs()}"
+        time.sleep(0.5)
+    restore_seconds = time.monotonic() - began
+    relay_a.pause_per_chunk = 0.0
+    late = stack_factory(tmp_path / "b", replica_url=url_b, extra_env=env, wait=False)
+    late_code = late.process.wait(timeout=60)
+    restored = usernames(a.database_path)
+    assert a.terminate() == 0, a.logs()
+    record_figures(
+        "boot-lapse",
+        lease_ttl_s=3,
+        restore_to_ready_s=round(restore_seconds, 1),
+        second_stack_attempts=attempts,
+        refused=refused,
+        rows_restored=len(restored),
+    )
+    assert restore_seconds > 3 * 3, "the restore was not longer than the lease: the drill proves nothing"
+    assert refused == attempts >= 3
+    assert late_code != 0
+    assert set(load.acknowledged) <= restored
+
+
+def wait_until_logged(stack: Stack, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in stack.logs():
+        assert stack.process.poll() is None and time.monotonic() < deadline, stack.logs()
+        time.sleep(0.02)
