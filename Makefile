@@ -2,24 +2,47 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What running needs (requirements/run.txt), and what testing needs besides (requirements/dev.txt):
+# lock files with every package pinned by version and hash, made from pyproject.toml by `make lock`.
+RUN_STAMP := $(VENV)/.installed-run
+STAMP := $(VENV)/.installed-dev
+UV := uv==0.13.9
 # `make run` replicates to a folder on this machine; production sets an s3:// URL instead.
 REPLICA_URL ?= file://$(CURDIR)/data/replica
 
-.PHONY: run dev test lint typecheck pytest bench clean
+.PHONY: run run-postgres dev test lint typecheck pytest bench clean lock
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+
+$(RUN_STAMP): requirements/run.txt pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/run.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+$(STAMP): requirements/dev.txt $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	touch $@
+
+## lock: pin every dependency, transitive ones included, with hashes, from pyproject.toml (needs PyPI)
+lock:
+	$(PYTHON) -m venv .cache/lock
+	.cache/lock/bin/python -m pip install --quiet '$(UV)'
+	.cache/lock/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		--no-header --quiet -o requirements/run.txt
+	.cache/lock/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		--no-header --quiet --extra dev --extra bench -o requirements/dev.txt
+
 ## run: the production stack on this machine (Litestream to a local replica, gunicorn) on :8080
-run: $(STAMP)
+run: $(RUN_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" REPLICA_URL="$(REPLICA_URL)" ./scripts/start.sh
 
+## run-postgres: the PostgreSQL profile on a throwaway local PostgreSQL server (Debian's postgresql)
+run-postgres: $(RUN_STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_postgres.py
+
 ## dev: the development server alone (aiohttp's runner, no replication) on :8080
-dev: $(STAMP)
+dev: $(RUN_STAMP)
 	$(BIN)/python -m service
 
 ## test: ruff, actionlint, mypy --strict and every test
@@ -41,4 +64,4 @@ bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/bench.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cache/lock .mypy_cache .ruff_cache .pytest_cache

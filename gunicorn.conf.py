@@ -10,14 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from service import keys
-from service.parent_death import die_with_parent
-from service.server import exit_if_threads_linger, make_runner
+from service.http import keys
+from service.http.server import exit_if_threads_linger, make_runner
 from service.settings import Config
+from service.stack.parent_death import die_with_parent
 
 _config = Config.from_env()
 
-wsgi_app = "service.app:app_factory"
+wsgi_app = "service.http.app:app_factory"
 # The SQLite profile runs aiohttp's worker on uvloop's event loop: 6-11% less CPU per request than on
 # asyncio's own loop, every drill passing. The PostgreSQL profile stays on asyncio's loop: on uvloop a
 # few requests waited far longer than the rest (GET p99 868 ms against 18 ms, p50 3.6 against 11.9 ms).
@@ -55,7 +55,7 @@ def post_worker_init(worker: Any) -> None:
     The aiohttp worker notices SIGTERM at its next tick (up to a second later) and only then stops
     accepting; in between, requests are still served, but readiness already says "going away".
     The worker builds a plain ``AppRunner`` unless the factory returns a runner: it gets the
-    service's guarded one (service/server.py), with the options the worker would have used.
+    service's guarded one (service/http/server.py), with the options the worker would have used.
     """
     make_app: Callable[[], Awaitable[web.Application]] = worker.wsgi
 

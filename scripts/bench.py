@@ -47,8 +47,8 @@ if str(ROOT) not in sys.path:
 import pysqlite3.dbapi2 as sqlite  # noqa: E402
 
 from scripts.pg_cluster import PostgresServer, server_binaries  # noqa: E402
-from service.db import connect, migrate  # noqa: E402
 from service.store.copy import copy_data  # noqa: E402
+from service.store.sqlite import connect, migrate  # noqa: E402
 
 # A timeline event as service/trace.py writes it: (kind, start, end, count).
 Event = tuple[str, float, float, int]

@@ -7,8 +7,8 @@ Served with ``gunicorn -c gunicorn.conf.py scripts.bench_reference:app_factory``
 
 from aiohttp import web
 
-from service import keys
-from service.metrics import Metrics
+from service.http import keys
+from service.http.metrics import Metrics
 from service.settings import Config
 
 GREETING = b'{"message": "Hello, someone! Your birthday is in 42 day(s)"}'
@@ -37,7 +37,7 @@ def create_reference_app() -> web.Application:
 
 
 async def app_factory() -> web.Application:
-    """For gunicorn, like ``service.app:app_factory``: gunicorn.conf.py's runner reads the settings
+    """For gunicorn, like ``service.http.app:app_factory``: gunicorn.conf.py's runner reads the settings
     (its connection cap and head timeout, which the service is measured with too), the state and the
     metrics its connection guard counts refusals in; no request is measured or logged."""
     app = create_reference_app()

@@ -3,7 +3,7 @@
 #
 # It checks the settings it can check without Python (stopping with a message that names the
 # variable), then execs the supervisor, `python -m service supervise`, which does the rest in Python
-# (service/supervisor.py): lock the volume, take the writer lease on the replica path, place the local
+# (service/stack/supervisor.py): lock the volume, take the writer lease on the replica path, place the local
 # database against the replica (keep it, or set it aside and restore the replica's latest), migrate,
 # start Litestream, wait for its first sync, start gunicorn, and stop the two in order on SIGTERM.
 #

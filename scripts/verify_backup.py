@@ -142,10 +142,10 @@ def restore_latest(
 ) -> str | None:
     """Restore the replica's latest state into ``output``; None when it worked, else Litestream's reason.
 
-    The latest state is in the generation the writer lease names (``service/lease.py``).
+    The latest state is in the generation the writer lease names (``service/stack/lease.py``).
     """
-    from service.lease import current_replica_url
-    from service.replica import ReplicaUnavailable
+    from service.stack.lease import current_replica_url
+    from service.stack.replica import ReplicaUnavailable
 
     env = dict(environ)
     env.pop("AWS_CA_BUNDLE", None)  # Litestream 0.5.17's S3 client cannot start with it set

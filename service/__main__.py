@@ -8,7 +8,7 @@ generation the writer lease names, or the one being written at TIME (RFC 3339), 
 
 ``python -m service supervise ROOT`` runs the production stack (scripts/start.sh execs it; ROOT is the
 folder with litestream.yml and gunicorn.conf.py): the boot checks, then Litestream and gunicorn side
-by side (``service/supervisor.py``).
+by side (``service/stack/supervisor.py``).
 """
 
 import asyncio
@@ -16,9 +16,9 @@ import logging
 import sys
 from pathlib import Path
 
-from service.app import create_app
+from service.http.app import create_app
+from service.http.server import exit_if_threads_linger, run
 from service.logs import configure_logging
-from service.server import exit_if_threads_linger, run
 from service.settings import Config, ConfigError
 from service.store import SchemaTooNew, StoreUnavailable, migrate_store
 
@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["supervise"]:
         if len(args) != 2:
             sys.exit(USAGE)
-        from service.supervisor import main as supervise  # boto3 and child processes: not for the server
+        from service.stack.supervisor import (
+            main as supervise,  # boto3 and child processes: not for the server
+        )
 
         sys.exit(supervise(Path(args[1])))
     try:
@@ -74,8 +76,8 @@ def _replica_url(args: list[str]) -> int:
     import os
     from datetime import UTC, datetime
 
-    from service.lease import current_replica_url
-    from service.replica import ReplicaUnavailable
+    from service.stack.lease import current_replica_url
+    from service.stack.replica import ReplicaUnavailable
 
     at: datetime | None = None
     if args[:1] == ["--at"] and len(args) == 2:

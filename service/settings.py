@@ -9,6 +9,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from service import contract
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -48,10 +50,10 @@ class Config:
     log_level: str = "INFO"
     timezone: str = "UTC"
     shutdown_timeout: float = 20.0
-    # Set by the supervisor for gunicorn (service/supervisor.py), never by hand: Litestream's process
+    # Set by the supervisor for gunicorn (service/stack/supervisor.py), never by hand: Litestream's process
     # id (writes are refused once it exits), the fence file, the writer lease's shared deadline
     # (service/lease_deadline.py), what it merged from machines that may not write
-    # (service/stranded.py), and what the boot did (JSON).
+    # (service/stack/stranded.py), and what the boot did (JSON).
     litestream_pid: int | None = None
     fence_file: Path | None = None
     lease_deadline_file: Path | None = None
@@ -92,15 +94,15 @@ class Config:
             log_level=_log_level(env, "LOG_LEVEL", defaults.log_level),
             timezone=_timezone(env, "TIMEZONE", defaults.timezone),
             shutdown_timeout=_seconds(env, "SHUTDOWN_TIMEOUT", defaults.shutdown_timeout),
-            litestream_pid=_pid(env, "LITESTREAM_PID"),
-            fence_file=Path(fence) if (fence := _text(env, "WRITER_FENCE_FILE", "")) else None,
+            litestream_pid=_pid(env, contract.LITESTREAM_PID),
+            fence_file=Path(fence) if (fence := _text(env, contract.WRITER_FENCE_FILE, "")) else None,
             lease_deadline_file=(
-                Path(deadline) if (deadline := _text(env, "WRITER_LEASE_DEADLINE_FILE", "")) else None
+                Path(deadline) if (deadline := _text(env, contract.WRITER_LEASE_DEADLINE_FILE, "")) else None
             ),
             set_aside_merged_file=(
-                Path(merged) if (merged := _text(env, "SET_ASIDE_MERGED_FILE", "")) else None
+                Path(merged) if (merged := _text(env, contract.SET_ASIDE_MERGED_FILE, "")) else None
             ),
-            boot_report=_text(env, "BOOT_REPORT", ""),
+            boot_report=_text(env, contract.BOOT_REPORT, ""),
             header_timeout=_seconds(env, "HEADER_TIMEOUT", defaults.header_timeout),
             body_timeout=_seconds(env, "BODY_TIMEOUT", defaults.body_timeout),
             max_connections=_count(env, "MAX_CONNECTIONS", defaults.max_connections, 1, 1_000_000),

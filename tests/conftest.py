@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Config
 from tests.backends import Backend, PostgresBackend, SqliteBackend
 from tests.pg_server import PostgresServer

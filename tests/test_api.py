@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from service import keys
+from service.http import keys
 from service.settings import Config
 from tests.backends import Backend
 

@@ -39,9 +39,9 @@ from scripts.bench import (
     username_for,
 )
 from scripts.bench_reference import create_reference_app
-from service.app import create_app
-from service.db import load_migrations, migrations_dir
+from service.http.app import create_app
 from service.settings import Config
+from service.store.migrations import load_migrations, migrations_dir
 from tests.conftest import TODAY
 from tests.pg_server import server_binaries, skip_or_fail
 

@@ -30,7 +30,7 @@ import kubernetes_validate  # type: ignore[import-untyped]  # no stubs or py.typ
 import pytest
 import yaml
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -332,7 +332,7 @@ def test_public_port_agrees(
 def test_metrics_ports_agree(fly: dict[str, Any], dockerfile: Dockerfile, litestream: dict[str, Any]) -> None:
     app_metrics, litestream_metrics = Config().metrics_port, 9090
     assert app_metrics == 9091
-    # One scrape: the service serves Litestream's series after its own (service/litestream.py).
+    # One scrape: the service serves Litestream's series after its own (service/http/litestream_metrics.py).
     scraped = {(entry["port"], entry["path"]) for entry in fly["metrics"]}
     assert scraped == {(app_metrics, "/metrics")}
     routes = {route.resource.canonical for route in create_app(Config()).router.routes() if route.resource}

@@ -14,8 +14,8 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from service import keys
-from service.app import create_app
+from service.http import keys
+from service.http.app import create_app
 from service.settings import Config
 from tests.conftest import TODAY
 from tests.support import Tmpfs, free_port, require_root_for_tmpfs

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from service.app import create_app
-from service.guard import WriteGuard
+from service.http.app import create_app
+from service.http.write_guard import WriteGuard
 from service.settings import Config
 from tests.conftest import TODAY
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from service import keys
-from service.app import create_app
-from service.guard import WriteGuard
+from service.http import keys
+from service.http.app import create_app
+from service.http.write_guard import WriteGuard
 from service.lease_deadline import SharedDeadline, deadline_after, lease_margin, now
 from service.settings import Config
 from tests.conftest import TODAY

@@ -11,9 +11,9 @@ from pathlib import Path
 import pysqlite3.dbapi2 as sqlite
 import pytest
 
-from service.db import migrate, reapply_newer_rows
-from service.lineage import Standing, place, set_aside, state_dir
-from service.replica import FileReplica, LtxFile
+from service.stack.lineage import Standing, place, set_aside, state_dir
+from service.stack.replica import FileReplica, LtxFile
+from service.store.sqlite import migrate, reapply_newer_rows
 
 
 def _ltx(folder: Path, first: int, last: int, content: bytes) -> None:

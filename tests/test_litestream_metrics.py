@@ -20,10 +20,10 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
-from service import keys
-from service.app import create_app
-from service.db import migrate
+from service.http import keys
+from service.http.app import create_app
 from service.settings import Config
+from service.store.sqlite import migrate
 from tests.conftest import TODAY
 from tests.support import free_port, http_status
 

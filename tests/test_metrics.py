@@ -7,8 +7,8 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient
 
-from service import keys
-from service.db import SQLITE_VERSION
+from service.http import keys
+from service.store.sqlite import SQLITE_VERSION
 
 Client = TestClient[web.Request, web.Application]
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from schemathesis.checks import CheckFunction, positive_data_acceptance
 
-from service.openapi import OPENAPI_DOCUMENT
+from service.http.openapi import OPENAPI_DOCUMENT
 from tests.support import free_port, wait_for_status
 
 schema = schemathesis.openapi.from_dict(OPENAPI_DOCUMENT)

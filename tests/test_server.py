@@ -1,4 +1,4 @@
-"""The hardened server (service/server.py) on a real port, spoken to over raw sockets: what aiohttp's
+"""The hardened server (service/http/server.py) on a real port, spoken to over raw sockets: what aiohttp's
 parser refuses, slow heads and bodies, the connection cap, clients that go away, accept() errors."""
 
 import asyncio
@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from service import keys
-from service.app import create_app
+from service.http import keys
+from service.http.app import create_app
+from service.http.server import RateLimitedLog, make_runner
 from service.logs import JsonFormatter
-from service.server import RateLimitedLog, make_runner
 from service.settings import Config
 from tests.conftest import TODAY
 
@@ -250,9 +250,9 @@ def test_accept_errors_for_lack_of_open_files_are_logged_once_a_second(tmp_path:
         import asyncio, resource, sys
         from pathlib import Path
         from aiohttp import web
-        from service.app import create_app
+        from service.http.app import create_app
         from service.logs import configure_logging
-        from service.server import make_runner
+        from service.http.server import make_runner
         from service.settings import Config
 
         async def main():

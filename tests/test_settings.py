@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from service import keys
-from service.app import create_app
+from service.http import keys
+from service.http.app import create_app
 from service.settings import Config, ConfigError
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import ConfigError
-from service.supervisor import StackSettings
+from service.stack.supervisor import StackSettings
 
 BASE = {
     "REPLICA_URL": "file:///tmp/replica",

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pysqlite3.dbapi2 as sqlite
 
-from service.replica import FileReplica
+from service.contract import MergeTotals
+from service.stack.replica import FileReplica
+from service.stack.stranded import deliver, inbox_for, merge_pending
 from service.store.sqlite import connect, migrate
-from service.stranded import MergeTotals, deliver, inbox_for, merge_pending
 
 
 def _database(path: Path, rows: dict[str, tuple[str, str]]) -> Path:

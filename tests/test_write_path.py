@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Config
 from service.store import StoreUnavailable, checkpointer
 from service.store.sqlite import SqliteStore, connect, migrate

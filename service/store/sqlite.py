@@ -363,7 +363,7 @@ class SqliteStore:
             raise NotMigrated(f"schema version {version}, expected {self._schema_version}")
 
 
-# --- Re-applying the rows of a set-aside database (service/lineage.py) ---------------------------------
+# --- Re-applying the rows of a set-aside database (service/stack/lineage.py) -------------------------
 
 _SELECT_ALL = "SELECT username, date_of_birth, updated_at FROM users ORDER BY username"
 # Newest wins: a row replaces the stored one only when its updated_at is later. updated_at is ISO 8601

@@ -514,7 +514,7 @@ def restore_replica(replica_url: str, output: Path, *extra: str, timeout: float 
     names (as of ``-timestamp`` when given); the seconds it took."""
     from datetime import datetime
 
-    from service.lease import current_replica_url
+    from service.stack.lease import current_replica_url
 
     env = base_env()
     env.pop("AWS_CA_BUNDLE", None)  # Litestream 0.5.17's S3 client cannot start with it set.

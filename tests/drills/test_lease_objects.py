@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from service.lease import (
+from service.lease_deadline import lease_margin, now
+from service.stack.lease import (
     FileLock,
     Holder,
     LeaseHeld,
@@ -20,8 +21,7 @@ from service.lease import (
     machine_identity,
     volume_lock,
 )
-from service.lease_deadline import lease_margin, now
-from service.replica import S3Replica, generation_at, generation_url, is_tigris, parse_s3_url
+from service.stack.replica import S3Replica, generation_at, generation_url, is_tigris, parse_s3_url
 from tests.drills.conftest import CREDENTIALS, S3Server
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.lease import LEASE_OBJECT
+from service.stack.lease import LEASE_OBJECT
 from tests.drills.conftest import (
     ROOT,
     S3Server,

@@ -1,6 +1,5 @@
 """Prometheus metrics: one registry per application, served on a port of its own."""
 
-import json
 import platform
 from bisect import bisect_left
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from service import __version__
+from service.contract import BootReport
 from service.store.sqlite import SQLITE_VERSION
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -159,7 +159,8 @@ class Metrics:
             registry=self.registry,
         )
         self._status_text: dict[int, str] = {}
-        # Set by the disk guard (service/diskfull.py) and the Litestream client (service/litestream.py).
+        # Set by the disk guard (service/http/diskfull.py) and the Litestream client
+        # (service/http/litestream_metrics.py).
         self.disk_full = 0
         self.disk_full_refused_writes = 0
         self.disk_full_episodes = 0
@@ -170,10 +171,10 @@ class Metrics:
         """What the supervisor's boot did (its ``BootReport`` as JSON); nothing when not supervised."""
         if not report_json:
             return
-        report = json.loads(report_json)
-        self.boot_outcome.labels(str(report.get("outcome", "unknown"))).set(1)
-        self.boot_rows.labels("set_aside").set(int(report.get("rows_set_aside", 0)))
-        self.boot_rows.labels("reapplied").set(int(report.get("rows_reapplied", 0)))
+        report = BootReport.from_json(report_json)
+        self.boot_outcome.labels(report.outcome).set(1)
+        self.boot_rows.labels("set_aside").set(report.rows_set_aside)
+        self.boot_rows.labels("reapplied").set(report.rows_reapplied)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

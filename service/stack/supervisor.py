@@ -3,8 +3,9 @@
 Before serving, in order, each step bounded in time and each failure a message that names it:
 
 1. Lock the volume (one stack, and one restore, per database folder).
-2. Take the writer lease on the replica path (``service/lease.py``); refuse while another writer holds it.
-3. Place the local database against the replica (``service/lineage.py``). No local database: restore
+2. Take the writer lease on the replica path (``service/stack/lease.py``); refuse while another writer
+   holds it.
+3. Place the local database against the replica (``service/stack/lineage.py``). No local database: restore
    the replica's latest (none yet is fine on a first start). Holding the replica's newest state: keep
    it. Behind or off the replica's history: set it aside, restore the latest, and later re-apply its
    newer rows.
@@ -21,8 +22,8 @@ dies (``PR_SET_PDEATHSIG``), so that no orphan keeps the port or the database. W
   is released. Further stop signals are logged and ignored: they cannot cut the final sync short.
 - SIGHUP is passed to gunicorn (a reload).
 - Litestream dies: gunicorn's worker stops taking writes at once (it watches Litestream's process,
-  ``service/guard.py``); this process stops gunicorn and exits non-zero, so that the platform restarts
-  the stack. A restart on the same volume replicates what was committed meanwhile.
+  ``service/http/write_guard.py``); this process stops gunicorn and exits non-zero, so that the
+  platform restarts the stack. A restart on the same volume replicates what was committed meanwhile.
 - gunicorn exits: Litestream syncs and stops; exit non-zero.
 - The object store says that another writer took the lease: the worker is told (the fence file) and
   Litestream is killed without a final sync, so nothing of the other writer's history is overwritten.
@@ -45,7 +46,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,26 +53,29 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from service.db import DatabaseError, SchemaTooNew, migrate, reapply_newer_rows
-from service.lease import (
+from service import contract
+from service.contract import BootReport
+from service.lease_deadline import SharedDeadline
+from service.logs import configure_logging
+from service.settings import Config, ConfigError, seconds_setting
+from service.stack.lease import (
     FileLock,
     Holder,
     LeaseHeld,
-    LeaseLost,
+    LeaseKeeper,
     WriterLease,
     release_quietly,
     volume_lock,
     writer_lease,
 )
-from service.lease_deadline import SharedDeadline
-from service.lineage import Placement, Standing, place, set_aside, state_dir
-from service.logs import configure_logging
-from service.parent_death import die_with_parent
-from service.replica import FileReplica, ReplicaUnavailable, S3Replica, generation_url, open_replica
-from service.settings import Config, ConfigError, seconds_setting
-from service.stranded import Merger, deliver, inbox_for
+from service.stack.lineage import Placement, Standing, place, set_aside, state_dir
+from service.stack.parent_death import die_with_parent
+from service.stack.replica import FileReplica, ReplicaUnavailable, S3Replica, generation_url, open_replica
+from service.stack.stranded import Merger, deliver, inbox_for
+from service.store.migrations import SchemaTooNew
+from service.store.sqlite import DatabaseError, migrate, reapply_newer_rows
 
-log = logging.getLogger("service.supervisor")
+log = logging.getLogger("service.stack.supervisor")
 
 T = TypeVar("T")
 
@@ -130,26 +133,6 @@ class StackSettings:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class BootReport:
-    """What the boot did with the local database; the worker exposes it as metrics."""
-
-    outcome: Standing
-    set_aside: str = ""
-    rows_set_aside: int = 0
-    rows_reapplied: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "outcome": str(self.outcome),
-                "set_aside": self.set_aside,
-                "rows_set_aside": self.rows_set_aside,
-                "rows_reapplied": self.rows_reapplied,
-            }
-        )
-
-
 def _spawn(
     argv: list[str],
     env: Mapping[str, str],
@@ -161,7 +144,7 @@ def _spawn(
 
     Own group: a terminal's Ctrl-C reaches this process only, which passes on one signal. The lease
     keeper's thread runs meanwhile, so ``preexec_fn`` does no more than one ``prctl`` call through a
-    library loaded before the fork (``service/parent_death.py``): nothing that takes a lock.
+    library loaded before the fork (``service/stack/parent_death.py``): nothing that takes a lock.
     """
     return subprocess.Popen(
         argv,
@@ -190,56 +173,6 @@ def _stop_process(process: "subprocess.Popen[bytes]", sig: int, timeout: float) 
 
 def _describe_exit(code: int) -> str:
     return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews the writer lease every third of its lifetime and moves the shared deadline forward.
-
-    A renewal that does not get through is tried again every second: the deadline, not this
-    thread, decides when writes stop. When the store says another writer holds the lease, ``lost``
-    says so and the thread ends.
-    """
-
-    def __init__(self, lease: WriterLease, interval: float, deadline: SharedDeadline) -> None:
-        super().__init__(name="lease-keeper", daemon=True)
-        self.lease = lease
-        self.interval = interval
-        self.deadline = deadline
-        self.lost: str | None = None
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        unreachable_since: float | None = None
-        wait = self.interval
-        while not self._stopping.wait(wait):
-            try:
-                self.lease.renew()
-            except LeaseLost as exc:
-                self.lost = str(exc)
-                return
-            except ReplicaUnavailable as exc:
-                if unreachable_since is None:
-                    unreachable_since = time.monotonic()
-                    log.warning(
-                        "could not renew the writer lease; writes go on until its deadline",
-                        extra={"reason": str(exc), "seconds_left": round(self.deadline.remaining(), 1)},
-                    )
-                wait = min(1.0, self.interval)
-                continue
-            self.deadline.set(self.lease.deadline())
-            wait = self.interval
-            if unreachable_since is not None:
-                log.info(
-                    "writer lease renewed again",
-                    extra={"unreachable_seconds": round(time.monotonic() - unreachable_since, 1)},
-                )
-                unreachable_since = None
-
-    def stop(self) -> None:
-        """Stop renewing, and wait for a renewal under way (bounded by the store client's timeouts)."""
-        self._stopping.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout=15)
 
 
 @dataclass
@@ -619,7 +552,7 @@ class Supervisor:
     def _reapply_set_aside_rows(self, placement: Placement) -> BootReport:
         pending = self._pending_reapply()
         if not pending:
-            return BootReport(placement.standing)
+            return BootReport(str(placement.standing))
         total_read = total_written = 0
         for aside in list(pending):
             read, written = reapply_newer_rows(self.settings.database, aside)
@@ -631,18 +564,18 @@ class Supervisor:
                 "(newest updated_at wins); the file stays for inspection",
                 extra={"rows_set_aside": read, "rows_reapplied": written, "set_aside": str(aside)},
             )
-        return BootReport(placement.standing, str(aside), total_read, total_written)
+        return BootReport(str(placement.standing), str(aside), total_read, total_written)
 
     # --- 7. gunicorn, and serving ------------------------------------------------------------------
 
     def _start_gunicorn(self, litestream_pid: int, report: BootReport) -> "subprocess.Popen[bytes]":
         env = {
             **self.environ,
-            "LITESTREAM_PID": str(litestream_pid),
-            "WRITER_FENCE_FILE": str(self.fence_file),
-            "WRITER_LEASE_DEADLINE_FILE": str(self.deadline_file),
-            "SET_ASIDE_MERGED_FILE": str(self.merged_file),
-            "BOOT_REPORT": report.to_json(),
+            contract.LITESTREAM_PID: str(litestream_pid),
+            contract.WRITER_FENCE_FILE: str(self.fence_file),
+            contract.WRITER_LEASE_DEADLINE_FILE: str(self.deadline_file),
+            contract.SET_ASIDE_MERGED_FILE: str(self.merged_file),
+            contract.BOOT_REPORT: report.to_json(),
         }
         log.info("Litestream follows the database; starting gunicorn")
         return _spawn(
@@ -712,7 +645,7 @@ class Supervisor:
     def _fence(self, litestream: "subprocess.Popen[bytes]", reason: str) -> None:
         # The worker reads the reason when it sees Litestream go; SIGKILL skips the final sync, which
         # would otherwise upload this machine's writes over the other writer's history.
-        self.fence_file.write_text(reason)
+        contract.write_fence(self.fence_file, reason)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(litestream.pid, signal.SIGKILL)
         litestream.wait()

@@ -30,10 +30,10 @@ from aiohttp import web, web_protocol, web_server
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_runner import GracefulExit
 
-from service import keys
-from service.metrics import Metrics
-from service.middlewares import route_label
-from service.problems import (
+from service.http import keys
+from service.http.metrics import Metrics
+from service.http.middlewares import route_label
+from service.http.problems import (
     HttpProblem,
     InternalError,
     MalformedRequest,

@@ -27,10 +27,11 @@ from typing import Protocol
 
 import pysqlite3.dbapi2 as sqlite
 
-from service.replica import FileReplica, ReplicaUnavailable, S3Replica
+from service.contract import MergeTotals
+from service.stack.replica import FileReplica, ReplicaUnavailable, S3Replica
 from service.store.sqlite import reapply_newer_rows
 
-log = logging.getLogger("service.supervisor")
+log = logging.getLogger("service.stack.supervisor")
 
 PENDING = "set-aside"
 MERGED = "merged"
@@ -217,33 +218,6 @@ def merge_quietly(database: Path, inbox: Inbox, may_write: WriteCheck) -> list[M
         return []
 
 
-@dataclass
-class MergeTotals:
-    """What the writer merged since it started; shared with the worker as JSON for its metrics."""
-
-    deliveries: int = 0
-    rows_read: int = 0
-    rows_written: int = 0
-
-    def add(self, merged: list[Merged]) -> None:
-        self.deliveries += len(merged)
-        self.rows_read += sum(item.rows_read for item in merged)
-        self.rows_written += sum(item.rows_written for item in merged)
-
-    def write(self, path: Path) -> None:
-        draft = path.with_name(path.name + ".tmp")
-        draft.write_text(json.dumps(self.__dict__))
-        os.replace(draft, path)
-
-    @classmethod
-    def read(cls, path: Path) -> "MergeTotals":
-        try:
-            document = json.loads(path.read_text())
-            return cls(int(document["deliveries"]), int(document["rows_read"]), int(document["rows_written"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return cls()
-
-
 class Merger(threading.Thread):
     """Merges deliveries every ``interval`` seconds while this stack may write."""
 
@@ -261,7 +235,10 @@ class Merger(threading.Thread):
 
     def merge_now(self) -> None:
         if self.may_write():
-            self.totals.add(merge_quietly(self.database, self.inbox, self.may_write))
+            merged = merge_quietly(self.database, self.inbox, self.may_write)
+            self.totals.deliveries += len(merged)
+            self.totals.rows_read += sum(item.rows_read for item in merged)
+            self.totals.rows_written += sum(item.rows_written for item in merged)
         self.totals.write(self.totals_file)
 
     def run(self) -> None:

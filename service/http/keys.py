@@ -7,10 +7,10 @@ from datetime import date
 
 from aiohttp import web
 
-from service.diskfull import DiskGuard
-from service.guard import WriteGuard
-from service.litestream import LitestreamMetrics
-from service.metrics import Metrics
+from service.http.diskfull import DiskGuard
+from service.http.litestream_metrics import LitestreamMetrics
+from service.http.metrics import Metrics
+from service.http.write_guard import WriteGuard
 from service.settings import Config
 from service.store import Store
 

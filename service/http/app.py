@@ -8,13 +8,14 @@ from datetime import date, datetime
 
 from aiohttp import web
 
-from service import __version__, keys, views
-from service.diskfull import DiskGuard
-from service.guard import WriteGuard
-from service.litestream import LitestreamMetrics
+from service import __version__
+from service.http import keys, views
+from service.http.diskfull import DiskGuard
+from service.http.litestream_metrics import LitestreamMetrics
+from service.http.metrics import Metrics
+from service.http.middlewares import observe
+from service.http.write_guard import WriteGuard
 from service.logs import configure_logging
-from service.metrics import Metrics
-from service.middlewares import observe
 from service.settings import Config
 from service.store import open_store
 from service.trace import TIMELINE, watch_loop_lag
@@ -57,7 +58,7 @@ def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.A
 
 
 async def app_factory() -> web.Application:
-    """For gunicorn (``service.app:app_factory``): settings from the environment."""
+    """For gunicorn (``service.http.app:app_factory``): settings from the environment."""
     config = Config.from_env()
     configure_logging(config.logging_level)
     return create_app(config)

@@ -13,10 +13,10 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from service import keys
+from service.http import keys
+from service.http.metrics import Metrics
+from service.http.problems import InternalError, Problem, from_http_exception
 from service.logs import AccessLog
-from service.metrics import Metrics
-from service.problems import InternalError, Problem, from_http_exception
 from service.trace import SLOW_REQUEST, TIMELINE
 
 log = logging.getLogger("service.access")

@@ -8,10 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from service import keys
 from service.birthdays import InvalidDateOfBirth, greeting, is_valid_username, parse_date_of_birth
-from service.openapi import OPENAPI_DOCUMENT
-from service.problems import (
+from service.contract import MergeTotals
+from service.http import keys
+from service.http.openapi import OPENAPI_DOCUMENT
+from service.http.problems import (
     ClientClosedRequest,
     InvalidInput,
     NotFound,
@@ -20,7 +21,6 @@ from service.problems import (
     UnsupportedMediaType,
 )
 from service.store import StoreUnavailable
-from service.stranded import MergeTotals
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ async def put_hello(request: web.Request) -> web.Response:
     except InvalidDateOfBirth as exc:
         raise InvalidInput(f"dateOfBirth {exc}") from None
     disk = request.app[keys.DISK]
-    disk.check()  # 507 at once while the disk is full (service/diskfull.py)
+    disk.check()  # 507 at once while the disk is full (service/http/diskfull.py)
     try:
         await request.app[keys.STORE].upsert_birthday(username, born)
     except StoreUnavailable as exc:

@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.db import is_disk_full
-from service.litestream import LitestreamMetrics
-from service.metrics import Metrics
-from service.problems import InsufficientStorage
+from service.http.litestream_metrics import LitestreamMetrics
+from service.http.metrics import Metrics
+from service.http.problems import InsufficientStorage
+from service.store.sqlite import is_disk_full
 
 log = logging.getLogger(__name__)
 

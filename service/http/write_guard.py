@@ -1,6 +1,6 @@
 """Writes are taken only while Litestream follows the database and this stack is the replica's writer.
 
-The supervisor (``service/supervisor.py``) starts Litestream and gunicorn side by side and hands the
+The supervisor (``service/stack/supervisor.py``) starts Litestream and gunicorn side by side and hands the
 worker Litestream's process id. The worker holds a pidfd on it, which the kernel makes readable the
 moment Litestream exits, for whatever reason (the kernel's OOM killer, a crash, ``kill -9``). From then
 on every write is refused with a 503, and so is readiness, so that no 204 is given for a write that
@@ -23,6 +23,7 @@ import os
 import select
 from pathlib import Path
 
+from service.contract import read_fence
 from service.lease_deadline import SharedDeadline, now
 
 # What a write refused for the lease's deadline is told.
@@ -111,7 +112,7 @@ class WriteGuard:
     def _trip(self) -> None:
         if self.reason is not None:
             return
-        fence = self._read_fence()
+        fence = read_fence(self._fence_file)
         if fence:
             self.fenced = True
             self.reason = f"this machine is no longer the replica's writer ({fence})"
@@ -119,11 +120,3 @@ class WriteGuard:
         else:
             self.reason = "replication stopped (Litestream exited); the service is restarting"
             log.error("Litestream exited: writes refused until the stack restarts")
-
-    def _read_fence(self) -> str:
-        if self._fence_file is None:
-            return ""
-        try:
-            return self._fence_file.read_text().strip()
-        except OSError:
-            return ""

@@ -10,7 +10,7 @@ import logging
 
 import aiohttp
 
-from service.metrics import Metrics
+from service.http.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ module first and hands Litestream only a database that continues the replica's h
 
 The test is by lineage, not by number: a level-0 LTX file is the same file, byte for byte, in the
 local state folder of the machine that cut it and in the replica, and its trailer carries a CRC-64 of
-the whole file (``service/replica.py``). So:
+the whole file (``service/stack/replica.py``). So:
 
 - the replica's newest level-0 file is also in the local state folder, same checksum: the local
   database holds the replica's newest state and perhaps more (``KEPT``: a normal restart);
@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from service.db import checkpoint
-from service.replica import LtxFile, Replica, local_file_checksum, local_level0
+from service.stack.replica import LtxFile, Replica, local_file_checksum, local_level0
+from service.store.sqlite import checkpoint
 
 log = logging.getLogger(__name__)
 
