@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from service.http.app import create_app
-from service.settings import Config
+from service.settings import Config, StackSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 FLY_SCHEMA = ROOT.parent / "shared" / "data" / "fly.schema.json"
@@ -212,13 +212,6 @@ def _port_number(container: dict[str, Any], port: int | str) -> int:
     return int(number)
 
 
-def _start_sh_default(name: str) -> float:
-    """A default that scripts/start.sh gives a setting (``NAME="${NAME:-300}"``)."""
-    match = re.search(rf'{name}="\$\{{{name}:-(\d+)\}}"', (ROOT / "scripts" / "start.sh").read_text())
-    assert match, f"scripts/start.sh gives {name} no default"
-    return float(match.group(1))
-
-
 # --- Each file on its own --------------------------------------------------------------------------
 
 
@@ -273,7 +266,8 @@ def test_deploy_workflow_tests_builds_once_then_staging_then_approved_production
     assert set(jobs["production"]["needs"]) == {"build", "staging"}
     assert jobs["staging"]["environment"]["name"] == "staging"
     assert jobs["production"]["environment"]["name"] == "production"
-    assert "environment" not in jobs["build"]
+    # Tokens are environment secrets: the build uses staging's, production's exists only in production.
+    assert jobs["build"]["environment"] == "staging"
 
     (build,) = [step for step in jobs["build"]["steps"] if step.get("id") == "build"]
     assert "--build-only --push" in build["run"] and "--image-label" in build["run"]
@@ -289,6 +283,19 @@ def test_deploy_workflow_tests_builds_once_then_staging_then_approved_production
         assert run["env"]["FLY_API_TOKEN"] == "${{ secrets.FLY_API_TOKEN }}"
         (names,) = [step for step in steps if step.get("id") == "names"]
         assert f"app-name {environment}" in names["run"]
+
+
+def test_actions_are_pinned_by_commit_and_flyctl_by_version() -> None:
+    for path in WORKFLOWS:
+        text = path.read_text()
+        for uses in re.findall(r"uses:\s*(\S+)(.*)", text):
+            target, comment = uses
+            if target.startswith("./"):
+                continue
+            assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", target), f"{path.name}: {target} by commit"
+            assert re.search(r"#\s*v?\d", comment), f"{path.name}: {target} needs its tag in a comment"
+        assert "latest" not in re.findall(r'version:\s*"?([^"\s]+)', text), f"{path.name}: flyctl pinned"
+    assert (ROOT / ".github" / "dependabot.yml").is_file()
 
 
 def test_backup_verification_runs_daily_without_waiting_for_an_approval() -> None:
@@ -397,10 +404,28 @@ def test_health_checks_use_the_readiness_route(fly: dict[str, Any], dockerfile: 
     (check,) = fly["http_service"]["checks"]
     assert check["path"] == "/readyz"
     assert check["method"].upper() == "GET"
-    # The grace period covers start-up with a restore; the image's HEALTHCHECK asks the same route.
-    assert _duration_seconds(check["grace_period"]) >= 30
     (healthcheck,) = dockerfile.final_stage().all("HEALTHCHECK")
     assert "/readyz" in healthcheck
+
+
+def test_every_start_up_allowance_is_the_same_and_covers_the_slowest_start(
+    fly: dict[str, Any], dockerfile: Dockerfile
+) -> None:
+    """fly.toml's grace period, the image's start period and the Kubernetes start-up probe all allow
+    the slowest start: a restore (RESTORE_TIMEOUT), Litestream's first sync (LITESTREAM_READY_TIMEOUT)
+    and 30 s for the rest (docs/runbook.md, "Start-up allowances")."""
+    stack = StackSettings.from_env({"REPLICA_URL": "file:///r"}, ROOT)
+    allowance = stack.restore_timeout + stack.ready_timeout + 30
+    (check,) = fly["http_service"]["checks"]
+    assert _duration_seconds(check["grace_period"]) == allowance
+    (healthcheck,) = dockerfile.final_stage().all("HEALTHCHECK")
+    start_period = re.search(r"--start-period=(\d+)s", healthcheck)
+    assert start_period and int(start_period.group(1)) == allowance
+    statefulset = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "sqlite" / "statefulset.yaml").read_text())
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    probe = container["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] == allowance
+    assert _duration_seconds(fly["deploy"]["wait_timeout"]) >= allowance
 
 
 def test_fly_service_settings_suit_one_sqlite_writer(fly: dict[str, Any]) -> None:
@@ -593,7 +618,8 @@ def test_sqlite_statefulset_stops_within_its_timeout(
     # The start-up probe waits out a restore and Litestream's first sync before the kubelet gives up.
     startup = _container(statefulset)["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
-    assert budget > _start_sh_default("RESTORE_TIMEOUT") + _start_sh_default("LITESTREAM_READY_TIMEOUT")
+    stack = StackSettings.from_env({"REPLICA_URL": "file:///r"}, ROOT)
+    assert budget > stack.restore_timeout + stack.ready_timeout
 
 
 def test_fly_postgres_profile_runs_gunicorn_alone_on_two_machines(
