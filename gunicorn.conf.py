@@ -5,6 +5,7 @@ One worker process: SQLite has one writer, and a single asyncio worker serves al
 
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from service.http import keys
 from service.http.server import exit_if_threads_linger, make_runner
+from service.logs import JsonLinesOnly
 from service.settings import Config
 from service.stack.parent_death import die_with_parent
 
@@ -37,6 +39,22 @@ keepalive = 75
 accesslog = None
 errorlog = "-"
 loglevel = _config.log_level.lower()
+# One log format for the whole stack: gunicorn's own lines (the master's start and stop, a worker's
+# failed boot with its traceback in the "error" field) are JSON objects, one a line, on standard
+# error, like the service's (service/logs.py).
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "service.logs.JsonFormatter"}},
+    "handlers": {
+        "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    },
+    "root": {"level": _config.log_level, "handlers": ["json"]},
+    "loggers": {
+        "gunicorn.error": {"level": _config.log_level, "handlers": ["json"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+    },
+}
 
 proc_name = "hello-birthday"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
@@ -45,8 +63,10 @@ control_socket_disable = True
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """The worker dies with the master: killed with it (its supervisor gone), it must not keep the port."""
+    """The worker dies with the master: killed with it (its supervisor gone), it must not keep the port.
+    Its standard error stays JSON lines: gunicorn also prints a boot error there as a plain line."""
     die_with_parent(server.pid)
+    sys.stderr = JsonLinesOnly(sys.stderr, logger="gunicorn.error")
 
 
 def post_worker_init(worker: Any) -> None:
@@ -58,6 +78,11 @@ def post_worker_init(worker: Any) -> None:
     service's guarded one (service/http/server.py), with the options the worker would have used.
     """
     make_app: Callable[[], Awaitable[web.Application]] = worker.wsgi
+    # The listening sockets as plain socket objects, not gunicorn's wrappers: uvloop takes over a
+    # plain socket's descriptor (detaching it) and closes it when the site stops; through the wrapper
+    # it closed the descriptor and then the wrapper's socket again, which failed at every stop with
+    # "Error while closing socket [Errno 9] Bad file descriptor".
+    worker.sockets = [getattr(listener, "sock", listener) for listener in worker.sockets]
 
     async def runner_that_drains_on_sigterm() -> web.AppRunner:
         app = await make_app()

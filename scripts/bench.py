@@ -725,10 +725,9 @@ def run_sustained(bench: Bench, plan: Sequence[Scenario], seconds: float) -> lis
 
 # ---- timeline of the stalls --------------------------------------------------------------------
 
-# Litestream's own checkpoints, from its log at DEBUG: time=... level=DEBUG msg=checkpoint ... result=a,b,c
-_LITESTREAM_CHECKPOINT = re.compile(
-    r"time=(\S+) level=DEBUG msg=checkpoint .*mode=(\w+) result=(\d+),(\d+),(\d+)"
-)
+# Litestream's own checkpoints, from its JSON log at DEBUG:
+# {"time": ..., "level": "DEBUG", "msg": "checkpoint", ..., "mode": "PASSIVE", "result": "a,b,c"}
+_LITESTREAM_CHECKPOINT = re.compile(r'^\{.*"msg":\s*"checkpoint"', re.MULTILINE)
 _STALL = 0.005  # events at least this long are shown as stalls
 
 
@@ -737,9 +736,16 @@ def litestream_checkpoints(log: Path) -> list[Event]:
     from datetime import datetime
 
     found: list[Event] = []
-    for match in _LITESTREAM_CHECKPOINT.finditer(log.read_text(errors="replace")):
-        when = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
-        found.append((f"litestream-{match.group(2).lower()}", when, when, int(match.group(4))))
+    for line in log.read_text(errors="replace").splitlines():
+        if not _LITESTREAM_CHECKPOINT.match(line):
+            continue
+        try:
+            entry = json.loads(line)
+            _, frames, _ = (int(part) for part in str(entry["result"]).split(","))
+            when = datetime.fromisoformat(str(entry["time"])).timestamp()  # nanoseconds: truncated
+        except (ValueError, KeyError):
+            continue
+        found.append((f"litestream-{str(entry.get('mode', '')).lower()}", when, when, frames))
     return found
 
 

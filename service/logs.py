@@ -1,6 +1,7 @@
 """One JSON object per log line, so that Fly's log shipping and any log store can parse it."""
 
 import asyncio
+import io
 import json
 import logging
 import math
@@ -207,3 +208,45 @@ def configure_logging(level: int) -> None:
     logging.logMultiprocessing = False
     if hasattr(logging, "logAsyncioTasks"):
         logging.logAsyncioTasks = False
+
+
+class JsonLinesOnly(io.TextIOBase):
+    """A text stream that passes JSON lines through and turns any other line into a JSON record.
+
+    gunicorn prints a worker's boot error to standard error as a plain line besides logging it, and a
+    library may print too: wrapped this way (``gunicorn.conf.py`` does it for the worker), standard
+    error stays JSON lines. A line that already is a JSON object (starts with ``{`` and ends with
+    ``}``) is written as it is, without parsing: the access lines pass at no cost.
+    """
+
+    def __init__(self, stream: TextIO, logger: str = "stderr") -> None:
+        super().__init__()
+        self._stream = stream
+        self._logger = _encode_string(logger)
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        out = []
+        for line in lines:
+            if line.startswith("{") and line.endswith("}"):
+                out.append(line + "\n")
+            elif line.strip():
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+                out.append(
+                    f'{{"time": "{stamp}+00:00", "level": "error", "logger": {self._logger}, '
+                    f'"message": {_encode_string(line)}}}\n'
+                )
+        if out:
+            self._stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()

@@ -3,6 +3,8 @@
 import ipaddress
 import logging
 import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,46 @@ from service import contract
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+# The environment variables each process reads (their meaning: the README's Settings table). The
+# command line lists them in each command's --help.
+DATABASE_SETTINGS = (
+    "DATABASE_PATH",
+    "DATABASE_URL",
+    "DATABASE_POOL_SIZE",
+    "DATABASE_STATEMENT_TIMEOUT",
+    "DATABASE_CONNECT_TIMEOUT",
+    "LOG_LEVEL",
+)
+SERVICE_SETTINGS = (
+    "HOST",
+    "PORT",
+    *DATABASE_SETTINGS,
+    "METRICS_HOST",
+    "METRICS_PORT",
+    "TIMEZONE",
+    "SHUTDOWN_TIMEOUT",
+    "HEADER_TIMEOUT",
+    "BODY_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "LITESTREAM_METRICS_ADDR",
+    "DISK_FULL_RESUME_MB",
+    "TRACE_FILE",
+)
+STACK_SETTINGS = (
+    "REPLICA_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "LITESTREAM_SOCKET",
+    "RESTORE_TIMEOUT",
+    "LITESTREAM_READY_TIMEOUT",
+    "WRITER_LEASE_TTL",
+    "FLY_MACHINE_ID",
+    "POD_UID",
+    *SERVICE_SETTINGS,
+)
 
 
 class ConfigError(ValueError):
@@ -144,6 +186,149 @@ class Config:
     @property
     def logging_level(self) -> int:
         return logging.getLevelNamesMapping()[self.log_level]
+
+
+_S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^?]*)?(\?.*)?")
+_FILE_URL = re.compile(r"file:///[^?]+")
+# A unix socket path holds at most 108 bytes on Linux, the terminating NUL included.
+_SOCKET_PATH_MAX = 100
+
+
+@dataclass(frozen=True, slots=True)
+class StackSettings:
+    """What the supervisor needs beyond the service's own ``Config``; every rule lives here once.
+
+    ``scripts/start.sh`` only checks that the tools are on PATH and execs the supervisor, which reads
+    these. ``child_environment`` is what Litestream (``litestream.yml`` expands ``$DATABASE_PATH``,
+    ``$REPLICA_URL``, ``$LITESTREAM_SOCKET``, ``$LITESTREAM_METRICS_ADDR``) and gunicorn get.
+    """
+
+    database: Path
+    replica_url: str
+    litestream_config: Path
+    gunicorn_config: Path
+    litestream_socket: Path
+    litestream_metrics_addr: str
+    restore_timeout: float
+    ready_timeout: float
+    lease_ttl: float
+    runtime_dir: Path
+    # AWS_CA_BUNDLE was set: Litestream 0.5.17's S3 client cannot start with it ("unable to add custom
+    # RootCAs HTTPClient"), so the children never get it; the supervisor says so.
+    dropped_ca_bundle: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], root: Path) -> "StackSettings":
+        replica_url = environ.get("REPLICA_URL", "").strip()
+        if not replica_url:
+            raise ConfigError(
+                "REPLICA_URL is not set: give s3://bucket/path?endpoint=https://...&region=... or "
+                "file:///absolute/path"
+            )
+        if _S3_URL.fullmatch(replica_url):
+            if not (environ.get("AWS_ACCESS_KEY_ID") or environ.get("LITESTREAM_ACCESS_KEY_ID")):
+                raise ConfigError("AWS_ACCESS_KEY_ID is not set (needed for the s3:// REPLICA_URL)")
+            if not (environ.get("AWS_SECRET_ACCESS_KEY") or environ.get("LITESTREAM_SECRET_ACCESS_KEY")):
+                raise ConfigError("AWS_SECRET_ACCESS_KEY is not set (needed for the s3:// REPLICA_URL)")
+        elif not _FILE_URL.fullmatch(replica_url):
+            raise ConfigError(
+                "REPLICA_URL must be s3://bucket/path?endpoint=...&region=... or file:///absolute/path, "
+                f"not {replica_url!r}"
+            )
+        runtime_dir = Path(environ.get("TMPDIR") or "/tmp")
+        socket_path = _text(
+            environ, "LITESTREAM_SOCKET", str(runtime_dir / f"hello-birthday-litestream.{os.getpid()}.sock")
+        )
+        if len(socket_path) > _SOCKET_PATH_MAX:
+            raise ConfigError(
+                f"LITESTREAM_SOCKET is too long for a unix socket path ({len(socket_path)} > "
+                f"{_SOCKET_PATH_MAX} characters)"
+            )
+        # Litestream names databases by absolute path: resolved against the folder the stack was
+        # started from.
+        database = Path(os.path.realpath(_text(environ, "DATABASE_PATH", str(Config().database_path))))
+        return cls(
+            database=database,
+            replica_url=replica_url,
+            litestream_config=root / "litestream.yml",
+            gunicorn_config=root / "gunicorn.conf.py",
+            litestream_socket=Path(socket_path),
+            litestream_metrics_addr=_loopback_address(environ, "LITESTREAM_METRICS_ADDR", "127.0.0.1:9090"),
+            restore_timeout=seconds_setting(environ, "RESTORE_TIMEOUT", 300, 1),
+            ready_timeout=seconds_setting(environ, "LITESTREAM_READY_TIMEOUT", 30, 1),
+            lease_ttl=seconds_setting(environ, "WRITER_LEASE_TTL", 30, 3, 600),
+            runtime_dir=runtime_dir,
+            dropped_ca_bundle=bool(environ.get("AWS_CA_BUNDLE")),
+        )
+
+    def child_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The environment for Litestream and gunicorn: the resolved settings, no AWS_CA_BUNDLE."""
+        env = {key: value for key, value in environ.items() if key != "AWS_CA_BUNDLE"}
+        env.update(
+            DATABASE_PATH=str(self.database),
+            REPLICA_URL=self.replica_url,
+            LITESTREAM_SOCKET=str(self.litestream_socket),
+            LITESTREAM_METRICS_ADDR=self.litestream_metrics_addr,
+        )
+        return env
+
+
+@dataclass(frozen=True, slots=True)
+class S3Credentials:
+    """What the supervisor's own S3 client (the lease, the boot checks) signs with; Litestream reads
+    the same variables itself."""
+
+    access_key_id: str | None
+    secret_access_key: str | None
+    region: str | None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "S3Credentials":
+        env = os.environ if environ is None else environ
+        return cls(
+            access_key_id=env.get("AWS_ACCESS_KEY_ID") or env.get("LITESTREAM_ACCESS_KEY_ID"),
+            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or env.get("LITESTREAM_SECRET_ACCESS_KEY"),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        )
+
+
+def environment() -> Mapping[str, str]:
+    """This process's environment, for the S3 client and the children it starts: the one place that
+    hands ``os.environ`` to the rest."""
+    return os.environ
+
+
+def replica_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """REPLICA_URL, for the commands that read the replica (``replica-url``); ConfigError when unset."""
+    env = os.environ if environ is None else environ
+    url = env.get("REPLICA_URL", "").strip()
+    if not url:
+        raise ConfigError("REPLICA_URL is not set")
+    return url
+
+
+def machine_identity(
+    environ: Mapping[str, str] | None = None, machine_id_file: Path = Path("/etc/machine-id")
+) -> str:
+    """What "the same machine" means for the writer lease: something a copied volume cannot carry.
+
+    - Fly.io: ``FLY_MACHINE_ID``. A forked volume or a machine cloned from a snapshot is another
+      machine, with another ID; a crash and restart on the same machine keeps it.
+    - Kubernetes: ``POD_UID`` (the downward API's ``metadata.uid``, deploy/kubernetes/sqlite). A
+      StatefulSet's recreated pod keeps its host name, but never its UID.
+    - Elsewhere: the host name and the host's ``/etc/machine-id``, which lives on the host, not on
+      the data volume.
+    """
+    env = os.environ if environ is None else environ
+    for name in ("FLY_MACHINE_ID", "POD_UID"):
+        if value := env.get(name, "").strip():
+            return value
+    host = socket.gethostname()
+    try:
+        machine_id = machine_id_file.read_text().strip()
+    except OSError:
+        machine_id = ""
+    return f"{host}/{machine_id}" if machine_id else host
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:

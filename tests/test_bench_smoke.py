@@ -195,10 +195,10 @@ def test_the_file_watcher_keeps_the_largest_size(tmp_path: Path) -> None:
 def test_litestream_checkpoints_are_read_from_its_log(tmp_path: Path) -> None:
     log = tmp_path / "stack.log"
     log.write_text(
-        "time=2026-12-03T13:00:00.250Z level=DEBUG msg=checkpoint db=/d/hello.db mode=PASSIVE "
-        "result=0,3120,3120\n"
+        '{"time":"2026-12-03T13:00:00.250000123Z","level":"DEBUG","msg":"checkpoint","system":"store",'
+        '"db":"/d/hello.db","mode":"PASSIVE","result":"0,3120,3120"}\n'
         '{"time": "2026-12-03T13:00:00.300+00:00", "level": "info", "message": "request"}\n'
-        "time=2026-12-03T13:00:00.500Z level=INFO msg=replicating db=/d/hello.db\n"
+        '{"time":"2026-12-03T13:00:00.500Z","level":"INFO","msg":"replicating","db":"/d/hello.db"}\n'
     )
     when = datetime(2026, 12, 3, 13, 0, 0, 250_000, tzinfo=UTC).timestamp()
     assert litestream_checkpoints(log) == [("litestream-passive", when, when, 3120)]

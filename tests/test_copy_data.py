@@ -98,4 +98,4 @@ def test_bad_arguments_and_unreachable_databases_are_named(tmp_path: Path) -> No
     usage = subprocess.run(
         [sys.executable, "-m", "service", "copy-data", "--from"], capture_output=True, text=True
     )
-    assert usage.returncode == 2 and "usage" in usage.stdout
+    assert usage.returncode == 2 and "usage" in usage.stderr and "--from" in usage.stderr

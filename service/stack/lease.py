@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import socket
 import threading
 import time
 import uuid
@@ -49,6 +48,7 @@ from typing import Any, Protocol
 
 from service import lease_deadline
 from service.lease_deadline import SharedDeadline
+from service.settings import machine_identity
 from service.stack.replica import (
     FileReplica,
     ReplicaUnavailable,
@@ -58,7 +58,7 @@ from service.stack.replica import (
     open_replica,
 )
 
-log = logging.getLogger("service.supervisor")
+log = logging.getLogger("service.stack.supervisor")
 
 LEASE_OBJECT = "writer-lease.json"
 LEASE_FILE = "writer.lock"
@@ -112,27 +112,6 @@ class Holder:
 
     def describe(self) -> str:
         return f"machine {self.machine} (database {self.database}, pid {self.pid}) since {self.since}"
-
-
-def machine_identity(environ: Mapping[str, str], machine_id_file: Path = Path("/etc/machine-id")) -> str:
-    """What "the same machine" means for the lease: something a copied volume cannot carry elsewhere.
-
-    - Fly.io: ``FLY_MACHINE_ID``. A forked volume or a machine cloned from a snapshot is another
-      machine, with another ID; a crash and restart on the same machine keeps it.
-    - Kubernetes: ``POD_UID`` (the downward API's ``metadata.uid``, deploy/kubernetes/sqlite). A
-      StatefulSet's recreated pod keeps its host name, but never its UID.
-    - Elsewhere: the host name and the host's ``/etc/machine-id``, which lives on the host, not on
-      the data volume.
-    """
-    for name in ("FLY_MACHINE_ID", "POD_UID"):
-        if value := environ.get(name, "").strip():
-            return value
-    host = socket.gethostname()
-    try:
-        machine_id = machine_id_file.read_text().strip()
-    except OSError:
-        machine_id = ""
-    return f"{host}/{machine_id}" if machine_id else host
 
 
 class WriterLease(Protocol):

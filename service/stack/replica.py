@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from service.settings import S3Credentials
+
 LTX_NAME = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx")
 _S3_LEVEL0 = "0000"
 _S3_LTX_KEY = re.compile(r"[0-9a-f]{4}/[0-9a-f]{16}-[0-9a-f]{16}\.ltx")
@@ -146,15 +148,14 @@ class S3Replica:
 
         self.url = url
         self.location = location
-        region = location.region or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+        credentials = S3Credentials.from_env(environ)
+        region = location.region or credentials.region
         self.client: Any = boto3.session.Session().client(
             "s3",
             endpoint_url=location.endpoint,
             region_name=region or "us-east-1",
-            aws_access_key_id=environ.get("AWS_ACCESS_KEY_ID") or environ.get("LITESTREAM_ACCESS_KEY_ID"),
-            aws_secret_access_key=(
-                environ.get("AWS_SECRET_ACCESS_KEY") or environ.get("LITESTREAM_SECRET_ACCESS_KEY")
-            ),
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_access_key,
             config=BotoConfig(
                 connect_timeout=3,
                 read_timeout=5,

@@ -57,7 +57,7 @@ from service import contract
 from service.contract import BootReport
 from service.lease_deadline import SharedDeadline
 from service.logs import configure_logging
-from service.settings import Config, ConfigError, seconds_setting
+from service.settings import Config, ConfigError, StackSettings, environment
 from service.stack.lease import (
     FileLock,
     Holder,
@@ -98,41 +98,6 @@ class StopRequested(BaseException):
     """A stop signal arrived while booting (BaseException, so that no ``except Exception`` eats it)."""
 
 
-@dataclass(frozen=True, slots=True)
-class StackSettings:
-    """What the supervisor needs beyond the service's own ``Config`` (all checked by start.sh too)."""
-
-    database: Path
-    replica_url: str
-    litestream_config: Path
-    gunicorn_config: Path
-    litestream_socket: Path
-    restore_timeout: float
-    ready_timeout: float
-    lease_ttl: float
-    runtime_dir: Path
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str], root: Path) -> "StackSettings":
-        replica_url = environ.get("REPLICA_URL", "")
-        if not replica_url:
-            raise ConfigError("REPLICA_URL is not set")
-        socket_path = environ.get("LITESTREAM_SOCKET", "")
-        if not socket_path:
-            raise ConfigError("LITESTREAM_SOCKET is not set")
-        return cls(
-            database=Path(environ.get("DATABASE_PATH", "data/hello.db")).absolute(),
-            replica_url=replica_url,
-            litestream_config=root / "litestream.yml",
-            gunicorn_config=root / "gunicorn.conf.py",
-            litestream_socket=Path(socket_path),
-            restore_timeout=seconds_setting(environ, "RESTORE_TIMEOUT", 300, 1),
-            ready_timeout=seconds_setting(environ, "LITESTREAM_READY_TIMEOUT", 30, 1),
-            lease_ttl=seconds_setting(environ, "WRITER_LEASE_TTL", 30, 3, 600),
-            runtime_dir=Path(environ.get("TMPDIR") or "/tmp"),
-        )
-
-
 def _spawn(
     argv: list[str],
     env: Mapping[str, str],
@@ -169,6 +134,26 @@ def _stop_process(process: "subprocess.Popen[bytes]", sig: int, timeout: float) 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         return process.wait()
+
+
+_litestream_log = logging.getLogger("litestream")
+
+
+def _relay_lines(text: str, failed: bool) -> None:
+    """A child's captured output, one JSON line each: Litestream's own JSON lines as they are, and its
+    plain-text ones (``Error: ...`` from its command line) as a record of ours."""
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("{"):
+            try:
+                json.loads(line)
+            except ValueError:
+                pass
+            else:
+                sys.stderr.write(line + "\n")
+                continue
+        _litestream_log.log(logging.ERROR if failed else logging.INFO, line)
 
 
 def _describe_exit(code: int) -> str:
@@ -469,8 +454,7 @@ class Supervisor:
             self._kill_restore(restore)
             raise
         text = output.decode(errors="replace").strip()
-        if text:
-            sys.stderr.write(text + "\n")
+        _relay_lines(text, failed=restore.returncode != 0)
         if restore.returncode != 0:
             self._remove_partial_restore()
             last = text.splitlines()[-1] if text else "no output"
@@ -686,13 +670,19 @@ class Supervisor:
 
 
 def main(root: Path) -> int:
+    """Read every setting once (``service/settings.py``), then run; a bad setting is one JSON line."""
+    configure_logging(logging.INFO)
     try:
         config = Config.from_env()
-        settings = StackSettings.from_env(os.environ, root)
+        settings = StackSettings.from_env(environment(), root)
     except ConfigError as exc:
-        sys.stderr.write(f"start.sh: error: {exc}\n")
+        log.error(f"not starting: {exc}")
         return 1
     configure_logging(config.logging_level)
     # A handful of lines per start and stop, each one an operator wants to see whatever LOG_LEVEL says.
     log.setLevel(min(config.logging_level, logging.INFO))
-    return Supervisor(config, settings, dict(os.environ)).run()
+    if settings.dropped_ca_bundle:
+        log.warning(
+            "ignoring AWS_CA_BUNDLE: Litestream cannot use it (put a private CA in the system trust store)"
+        )
+    return Supervisor(config, settings, settings.child_environment(environment())).run()

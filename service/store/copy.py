@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import pysqlite3.dbapi2 as sqlite
 
@@ -177,32 +176,3 @@ async def copy_data(source: str, target: str) -> CopyReport:
         raise
     except Exception as exc:  # a connection refused, a bad URL, a failed migration: say which side
         raise CopyError(f"{type(exc).__name__}: {exc}") from exc
-
-
-def main(args: list[str]) -> int:
-    """The command line: ``--from SOURCE --to TARGET``; prints the figures, exit 0 when they agree."""
-    options: dict[str, Any] = {}
-    rest = list(args)
-    while rest:
-        flag = rest.pop(0)
-        if flag not in ("--from", "--to") or not rest:
-            print("usage: python -m service copy-data --from SOURCE --to TARGET")
-            print("  SOURCE, TARGET: a SQLite file path (or sqlite:///path) or a postgresql:// URL")
-            return 2
-        options[flag] = rest.pop(0)
-    if set(options) != {"--from", "--to"}:
-        print("usage: python -m service copy-data --from SOURCE --to TARGET")
-        return 2
-    try:
-        report = asyncio.run(copy_data(options["--from"], options["--to"]))
-    except CopyError as exc:
-        print(f"copy-data: failed: {exc}")
-        return 1
-    print(f"source: {report.source.rows} rows, sha256 {report.source.checksum}")
-    print(f"target: {report.target.rows} rows, sha256 {report.target.checksum}")
-    print(f"rows written: {report.written}")
-    if not report.verified:
-        print("copy-data: the target differs from the source: it holds other rows, or newer ones")
-        return 1
-    print("copy-data: verified, the target holds exactly the source's rows")
-    return 0

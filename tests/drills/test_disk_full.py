@@ -160,7 +160,8 @@ def _drill(stack_factory: StackFactory, tmp_path: Path, disk: Tmpfs) -> None:
         for line in log.splitlines()
         if re.search(r"disk full|no space left|disk errors|sync recovered", line, re.IGNORECASE)
     ]
-    resumed = re.search(r'^time=(\S+) level=INFO msg="sync recovered"', log, re.MULTILINE)
+    # Litestream's own JSON line: {"time":"...Z","level":"INFO","msg":"sync recovered",...}
+    resumed = re.search(r'^\{"time":"([^"]+)","level":"INFO","msg":"sync recovered"', log, re.MULTILINE)
     assert stack.terminate() == 0, log[-4000:]
     acknowledged = load.acknowledged()
     on_disk = usernames(stack.database_path)

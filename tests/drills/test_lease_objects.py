@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from service.lease_deadline import lease_margin, now
+from service.settings import machine_identity
 from service.stack.lease import (
     FileLock,
     Holder,
@@ -18,7 +19,6 @@ from service.stack.lease import (
     LeaseLost,
     S3Lease,
     current_replica_url,
-    machine_identity,
     volume_lock,
 )
 from service.stack.replica import S3Replica, generation_at, generation_url, is_tigris, parse_s3_url

@@ -1,0 +1,43 @@
+"""``migrate``: apply the migrations and exit (the PostgreSQL profile's release step)."""
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from service.settings import DATABASE_SETTINGS, Config, ConfigError
+
+NAME = "migrate"
+HELP = (
+    "apply the migrations to DATABASE_PATH, or to the PostgreSQL database of DATABASE_URL (under an "
+    "advisory lock), and exit"
+)
+SETTINGS = DATABASE_SETTINGS
+
+log = logging.getLogger("service")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No arguments: the database comes from the environment."""
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.logs import configure_logging
+    from service.store import SchemaTooNew, StoreUnavailable, migrate_store
+
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        sys.stderr.write(f"configuration error: {exc}\n")
+        return 1
+    configure_logging(config.logging_level)
+    try:
+        where, version = asyncio.run(migrate_store(config))
+    except SchemaTooNew as exc:
+        sys.stderr.write(f"refusing to start: {exc}\n")
+        return 1
+    except StoreUnavailable as exc:
+        sys.stderr.write(f"cannot migrate: {exc}\n")
+        return 1
+    log.info("database ready", extra={"database": where, "version": version})
+    return 0
