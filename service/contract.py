@@ -40,12 +40,15 @@ HANDED_OVER = (
 @dataclass(frozen=True, slots=True)
 class BootReport:
     """What the boot did with the local database: ``outcome`` is a ``Standing`` name (``new``,
-    ``restored``, ``kept``, ``behind``, ``diverged``), then the set-aside file and its rows."""
+    ``restored``, ``kept``, ``behind``, ``diverged``), then the set-aside file and its rows, and the
+    replica generation the stack writes."""
 
     outcome: str
     set_aside: str = ""
     rows_set_aside: int = 0
     rows_reapplied: int = 0
+    # The replica generation this stack writes ("" is the root: the replica's own path).
+    generation: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -58,6 +61,7 @@ class BootReport:
             set_aside=str(document.get("set_aside", "")),
             rows_set_aside=int(document.get("rows_set_aside", 0)),
             rows_reapplied=int(document.get("rows_reapplied", 0)),
+            generation=str(document.get("generation", "")),
         )
 
 

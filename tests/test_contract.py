@@ -31,12 +31,13 @@ def test_the_handed_over_names_are_what_the_settings_read(tmp_path: Path) -> Non
 
 def test_the_boot_report_reaches_the_metrics() -> None:
     metrics = Metrics()
-    metrics.record_boot(BootReport("behind", "/data/hello.db.set-aside-x", 10, 4).to_json())
+    metrics.record_boot(BootReport("behind", "/data/hello.db.set-aside-x", 10, 4, "g2").to_json())
     text = metrics.exposition().body
     assert isinstance(text, bytes)
     assert b'hello_boot_outcome{outcome="behind"} 1.0' in text
     assert b'hello_boot_rows{kind="set_aside"} 10.0' in text
     assert b'hello_boot_rows{kind="reapplied"} 4.0' in text
+    assert b'hello_replica_generation_info{generation="g2"} 1.0' in text
 
 
 def test_merge_totals_round_trip(tmp_path: Path) -> None:

@@ -149,3 +149,33 @@ def test_a_bad_database_url_is_named_without_its_password() -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL") as caught:
         Config.from_env({"DATABASE_URL": "mysql://hello:s3cret@db/hello"})
     assert "s3cret" not in str(caught.value)
+
+
+def test_the_readme_settings_table_and_the_settings_module_agree_both_ways() -> None:
+    """Every variable the settings module reads is in the README's table, and every row of the table
+    is a variable it reads (the supervisor's hand-overs and aliases aside, named here)."""
+    import re
+
+    from service import contract
+    from service.settings import STACK_SETTINGS
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("## Settings") : readme.index("\n## ", readme.index("## Settings") + 5)]
+    documented: set[str] = set()
+    for row in re.findall(r"^\| (.+?) \|", table, re.MULTILINE):
+        documented |= set(re.findall(r"`([A-Z][A-Z0-9_]+)`", row))
+    source = (root / "service" / "settings.py").read_text()
+    read = set(re.findall(r'(?:env|environ)(?:\.get\(|, )"([A-Z][A-Z0-9_]+)"', source))
+    assert len(read) > 20, read
+    # Aliases Litestream also accepts, the system's temporary folder, and a variable that is dropped.
+    not_settings = {
+        "LITESTREAM_ACCESS_KEY_ID",
+        "LITESTREAM_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "TMPDIR",
+        "AWS_CA_BUNDLE",
+    }
+    assert read - set(contract.HANDED_OVER) - not_settings <= documented, "read but not in the README"
+    assert documented <= set(STACK_SETTINGS), "in the README but read by nobody"
+    assert set(STACK_SETTINGS) <= documented, "listed for --help but not in the README"

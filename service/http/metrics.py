@@ -145,6 +145,13 @@ class Metrics:
             ("kind",),
             registry=self.registry,
         )
+        self.generation = Gauge(
+            "hello_replica_generation_info",
+            "The replica generation this stack writes, named by the writer lease (root: the replica's "
+            "own path; anything else: <path>/generations/<name>, after a takeover).",
+            ("generation",),
+            registry=self.registry,
+        )
         self.merged = Gauge(
             "hello_set_aside_merged",
             "Since the stack started: copies delivered by machines that may not write (deliveries), their "
@@ -175,6 +182,7 @@ class Metrics:
         self.boot_outcome.labels(report.outcome).set(1)
         self.boot_rows.labels("set_aside").set(report.rows_set_aside)
         self.boot_rows.labels("reapplied").set(report.rows_reapplied)
+        self.generation.labels(report.generation or "root").set(1)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

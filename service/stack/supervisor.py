@@ -38,6 +38,7 @@ The lease is renewed from the moment it is taken: during placement, restore and 
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -242,6 +243,7 @@ class Supervisor:
             report = self._reapply_set_aside_rows(placement)
             self._start_merger(replica)
             self._check_lease("before serving")
+            report = dataclasses.replace(report, generation=lease.generation)
             gunicorn = self._start_gunicorn(litestream.pid, report)
             children.append(gunicorn)
         except StopRequested as stop:

@@ -27,6 +27,7 @@ replica (``<path>/generations/<name>``, ``service/stack/lease.py``); whatever A 
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -185,6 +186,7 @@ def test_a_cut_off_or_frozen_writer_never_acknowledges_beside_the_next(
             b = _take_over(stack_factory, data_b, url_b)
             took_over_after = time.monotonic() - began
             in_a_generation = _root_generation_keys(s3_server, prefix)
+            metrics_b = _metrics_text(b.env["METRICS_PORT"])
             with WriteLoad(
                 b.base_url, threads=2, pause=0.005, max_requests=20_000, max_seconds=30, prefix="b"
             ) as load_b:
@@ -232,6 +234,10 @@ def test_a_cut_off_or_frozen_writer_never_acknowledges_beside_the_next(
         missing_after_a_returns=len(missing_a) + len(missing_b_final),
     )
     assert "writing generation" in b.logs(), b.logs()
+    # B's metrics name the generation it writes, not the root A wrote.
+    assert re.search(
+        r'hello_replica_generation_info\{generation="\d{8}T\d{6}Z-[0-9a-f]{8}"\} 1\.0', metrics_b
+    )
     assert load_a.acknowledged and load_b.acknowledged
     assert not late, f"A acknowledged {len(late)} writes after its lease could pass"
     assert not missing_b, f"{len(missing_b)} of B's acknowledged writes are missing from the replica"
@@ -290,6 +296,14 @@ def test_a_machine_refused_while_another_writes_still_delivers_its_rows(
     assert not lost_a and not lost_b, (len(lost_a), len(lost_b))
     assert again_code != 0 and "delivered a copy" not in again.logs(), "delivered twice"
     assert len(delivered) == 1 and not s3_server.keys(f"stranded-{tmp_path.name}/set-aside")
+
+
+def _metrics_text(port: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+        return text
 
 
 def _metric(port: str, series: str) -> float:
