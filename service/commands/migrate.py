@@ -5,7 +5,8 @@ import asyncio
 import logging
 import sys
 
-from service.settings import DATABASE_SETTINGS, Config, ConfigError
+from service.commands.common import configured
+from service.settings import DATABASE_SETTINGS
 
 NAME = "migrate"
 HELP = (
@@ -22,15 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.logs import configure_logging
     from service.store import SchemaTooNew, StoreUnavailable, migrate_store
 
-    try:
-        config = Config.from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"configuration error: {exc}\n")
+    config = configured()
+    if config is None:
         return 1
-    configure_logging(config.logging_level)
     try:
         where, version = asyncio.run(migrate_store(config))
     except SchemaTooNew as exc:

@@ -2,9 +2,9 @@
 
 import argparse
 import logging
-import sys
 
-from service.settings import SERVICE_SETTINGS, Config, ConfigError
+from service.commands.common import configured
+from service.settings import SERVICE_SETTINGS
 
 NAME = "serve"
 HELP = "the development server alone (aiohttp's runner, no replication); the default command"
@@ -21,14 +21,10 @@ def run(args: argparse.Namespace) -> int:
     from service.http.app import create_app
     from service.http.server import exit_if_threads_linger
     from service.http.server import run as serve_app
-    from service.logs import configure_logging
 
-    try:
-        config = Config.from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"configuration error: {exc}\n")
+    config = configured()
+    if config is None:
         return 1
-    configure_logging(config.logging_level)
     url = f"http://{config.host}:{config.port}"
     try:
         serve_app(create_app(config), config, started=lambda: log.info("serving", extra={"url": url}))
