@@ -21,6 +21,7 @@ the whole file (``service/stack/replica.py``). So:
 """
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -139,3 +140,46 @@ def set_aside(database: Path, now: datetime | None = None) -> Path:
     if state_dir(database).exists():
         state_dir(database).rename(state_dir(target))
     return target
+
+
+class PendingReapply:
+    """The set-aside files whose newer rows are still to be re-applied: ``.<db>.reapply-pending``,
+    one path a line, surviving any crash.
+
+    A file is added before anything is restored over it and removed only once its rows are
+    re-applied, so a crash at any step leaves every set-aside file listed: a boot that restores again
+    sets the restored copy aside too and adds it, never overwriting the list. Every change replaces
+    the list atomically: write, fsync, rename, fsync the folder.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(f".{database.name}.reapply-pending")
+
+    def entries(self) -> list[Path]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        return [Path(line) for line in text.splitlines() if line.strip()]
+
+    def add(self, aside: Path) -> None:
+        self._write([*self.entries(), aside])
+
+    def remove(self, aside: Path) -> None:
+        self._write([entry for entry in self.entries() if entry != aside])
+
+    def _write(self, pending: list[Path]) -> None:
+        if not pending:
+            self.path.unlink(missing_ok=True)
+        else:
+            draft = self.path.with_name(self.path.name + ".tmp")
+            with draft.open("w") as out:
+                out.write("".join(f"{path}\n" for path in pending))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(draft, self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)

@@ -39,16 +39,14 @@ The lease is renewed from the moment it is taken: during placement, restore and 
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -69,9 +67,10 @@ from service.stack.lease import (
     volume_lock,
     writer_lease,
 )
-from service.stack.lineage import Placement, Standing, place, set_aside, state_dir
-from service.stack.parent_death import die_with_parent
+from service.stack.lineage import PendingReapply, Placement, Standing, place, set_aside, state_dir
+from service.stack.processes import describe_exit, spawn, stop_process
 from service.stack.replica import FileReplica, ReplicaUnavailable, S3Replica, generation_url, open_replica
+from service.stack.restore import BootError, restore_latest
 from service.stack.stranded import Merger, deliver, inbox_for
 from service.store.migrations import SchemaTooNew
 from service.store.sqlite import DatabaseError, migrate, reapply_newer_rows
@@ -91,74 +90,8 @@ _DRAIN_WITHOUT_LITESTREAM_SECONDS = 3.0
 _WHERE = {Standing.BEHIND: "behind the replica", Standing.DIVERGED: "off the replica's history (diverged)"}
 
 
-class BootError(RuntimeError):
-    """Start-up cannot go on; the message says what failed and what was left as it was."""
-
-
 class StopRequested(BaseException):
     """A stop signal arrived while booting (BaseException, so that no ``except Exception`` eats it)."""
-
-
-def _spawn(
-    argv: list[str],
-    env: Mapping[str, str],
-    *,
-    capture: bool = False,
-    cwd: Path | None = None,
-) -> "subprocess.Popen[bytes]":
-    """A child in a process group of its own that dies with this process.
-
-    Own group: a terminal's Ctrl-C reaches this process only, which passes on one signal. The lease
-    keeper's thread runs meanwhile, so ``preexec_fn`` does no more than one ``prctl`` call through a
-    library loaded before the fork (``service/stack/parent_death.py``): nothing that takes a lock.
-    """
-    return subprocess.Popen(
-        argv,
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.STDOUT if capture else None,
-        start_new_session=True,
-        preexec_fn=functools.partial(die_with_parent, os.getpid()),
-    )
-
-
-def _stop_process(process: "subprocess.Popen[bytes]", sig: int, timeout: float) -> int:
-    """Send ``sig`` to the process, wait up to ``timeout``, then SIGKILL its group; its exit code."""
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(sig)
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        log.error("did not stop in time; killing it", extra={"pid": process.pid, "seconds": timeout})
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        return process.wait()
-
-
-_litestream_log = logging.getLogger("litestream")
-
-
-def _relay_lines(text: str, failed: bool) -> None:
-    """A child's captured output, one JSON line each: Litestream's own JSON lines as they are, and its
-    plain-text ones (``Error: ...`` from its command line) as a record of ours."""
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        if line.startswith("{"):
-            try:
-                json.loads(line)
-            except ValueError:
-                pass
-            else:
-                sys.stderr.write(line + "\n")
-                continue
-        _litestream_log.log(logging.ERROR if failed else logging.INFO, line)
-
-
-def _describe_exit(code: int) -> str:
-    return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
 
 @dataclass
@@ -173,6 +106,7 @@ class Supervisor:
         self.holder = Holder.me(self.settings.database, self.environ)
         self.fence_file = self.settings.runtime_dir / f"hello-birthday-fence.{os.getpid()}"
         self.deadline_file = self.settings.runtime_dir / f"hello-birthday-lease-deadline.{os.getpid()}"
+        self.pending = PendingReapply(self.settings.database)
         self.keeper: LeaseKeeper | None = None
         self.merger: Merger | None = None
         self.merged_file = self.settings.runtime_dir / f"hello-birthday-merged.{os.getpid()}"
@@ -273,7 +207,7 @@ class Supervisor:
         held = keeper is None or (keeper.lost is None and keeper.deadline.remaining() > 0)
         for child in reversed(children):
             # Litestream's final sync only while this stack surely holds the lease.
-            _stop_process(child, signal.SIGTERM if held else signal.SIGKILL, _LITESTREAM_STOP_SECONDS)
+            stop_process(child, signal.SIGTERM if held else signal.SIGKILL, _LITESTREAM_STOP_SECONDS)
         if lease is not None and held:
             release_quietly(lease)
 
@@ -342,7 +276,7 @@ class Supervisor:
             log.info(f"keeping {database}: {placement.reason}", extra=figures)
             return placement
         aside = set_aside(database)
-        self._write_pending([*self._pending_reapply(), aside])
+        self.pending.add(aside)
         log.warning(
             f"{database} is {_WHERE[placement.standing]} ({placement.reason}): set aside as {aside}; "
             "restoring the replica's latest",
@@ -379,6 +313,9 @@ class Supervisor:
         self.merger.merge_now()
         self.merger.start()
 
+    def _restore(self) -> Standing:
+        return restore_latest(self.settings, self.environ, self.read_url)
+
     def _start_generation(self, generation: str) -> None:
         """After a takeover: Litestream starts the new generation afresh, with a full snapshot of the
         database as placed (its state folder follows the previous generation's files)."""
@@ -389,105 +326,11 @@ class Supervisor:
             extra={"generation": generation},
         )
 
-    def _pending_marker(self) -> Path:
-        """Lists the set-aside files whose newer rows are still to be re-applied (survives a crash).
-
-        One path a line. A file is added before anything is restored over it and removed only once
-        its rows are re-applied, so a crash at any step leaves every set-aside file listed: a boot
-        that restores again sets the restored copy aside too and adds it, never overwriting the list.
-        """
-        database = self.settings.database
-        return database.with_name(f".{database.name}.reapply-pending")
-
-    def _pending_reapply(self) -> list[Path]:
-        try:
-            text = self._pending_marker().read_text()
-        except FileNotFoundError:
-            return []
-        return [Path(line) for line in text.splitlines() if line.strip()]
-
-    def _write_pending(self, pending: list[Path]) -> None:
-        """Replace the list atomically: write, fsync, rename, fsync the folder (or remove it when empty)."""
-        marker = self._pending_marker()
-        if not pending:
-            marker.unlink(missing_ok=True)
-        else:
-            draft = marker.with_name(marker.name + ".tmp")
-            with draft.open("w") as out:
-                out.write("".join(f"{path}\n" for path in pending))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(draft, marker)
-        folder = os.open(marker.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-
-    def _restore(self) -> Standing:
-        """Restore the replica's latest into the missing database; RESTORED, or NEW with no backup yet."""
-        database = self.settings.database
-        # Leftovers of another database must not be applied to the restored one. The volume lock
-        # guarantees that no other restore is writing them.
-        for leftover in ("-wal", "-shm", ".tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                database.with_name(database.name + leftover).unlink()
-        shutil.rmtree(state_dir(database), ignore_errors=True)
-        log.info(f"no usable database at {database}: restoring from {self.read_url}")
-        began = time.monotonic()
-        restore = _spawn(
-            [
-                "litestream", "restore", "-config", str(self.settings.litestream_config),
-                "-if-replica-exists", "-integrity-check", "quick", str(database),
-            ],
-            {**self.environ, "REPLICA_URL": self.read_url},
-            capture=True,
-        )  # fmt: skip
-        try:
-            output, _ = restore.communicate(timeout=self.settings.restore_timeout)
-        except subprocess.TimeoutExpired:
-            self._kill_restore(restore)
-            raise BootError(
-                f"restore from REPLICA_URL ({self.read_url}) did not finish within "
-                f"{self.settings.restore_timeout:g} s (RESTORE_TIMEOUT): the replica may be unreachable. "
-                "Not starting with an empty database."
-            ) from None
-        except BaseException:
-            self._kill_restore(restore)
-            raise
-        text = output.decode(errors="replace").strip()
-        _relay_lines(text, failed=restore.returncode != 0)
-        if restore.returncode != 0:
-            self._remove_partial_restore()
-            last = text.splitlines()[-1] if text else "no output"
-            raise BootError(
-                f"restore from REPLICA_URL ({self.read_url}) failed "
-                f"({_describe_exit(restore.returncode)}): {last}. Not starting with an empty database "
-                "over a replica that may hold the data."
-            )
-        if not database.exists():
-            log.info("no backup in the replica yet: starting a new database")
-            return Standing.NEW
-        log.info(f"restored {database} in {round((time.monotonic() - began) * 1000)} ms")
-        return Standing.RESTORED
-
-    def _kill_restore(self, restore: "subprocess.Popen[bytes]") -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(restore.pid, signal.SIGKILL)
-        restore.wait()
-        self._remove_partial_restore()
-
-    def _remove_partial_restore(self) -> None:
-        database = self.settings.database
-        for suffix in ("", ".tmp", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                database.with_name(database.name + suffix).unlink()
-
     # --- 5. Litestream ------------------------------------------------------------------------------
 
     def _start_litestream(self) -> "subprocess.Popen[bytes]":
         log.info("starting Litestream; gunicorn starts after its first sync")
-        return _spawn(
+        return spawn(
             ["litestream", "replicate", "-config", str(self.settings.litestream_config)],
             {**self.environ, "REPLICA_URL": self.write_url},
         )
@@ -498,7 +341,7 @@ class Supervisor:
         while not self._litestream_synced():
             if litestream.poll() is not None:
                 raise BootError(
-                    f"Litestream exited ({_describe_exit(litestream.returncode)}) before its first sync"
+                    f"Litestream exited ({describe_exit(litestream.returncode)}) before its first sync"
                 )
             if time.monotonic() >= deadline:
                 raise BootError(
@@ -536,14 +379,13 @@ class Supervisor:
     # --- 6. Re-applying set-aside rows ---------------------------------------------------------------
 
     def _reapply_set_aside_rows(self, placement: Placement) -> BootReport:
-        pending = self._pending_reapply()
+        pending = self.pending.entries()
         if not pending:
             return BootReport(str(placement.standing))
         total_read = total_written = 0
-        for aside in list(pending):
+        for aside in pending:
             read, written = reapply_newer_rows(self.settings.database, aside)
-            pending.remove(aside)
-            self._write_pending(pending)
+            self.pending.remove(aside)
             total_read, total_written = total_read + read, total_written + written
             log.warning(
                 f"re-applied {written} of the {read} rows of {aside} that were newer than the replica's "
@@ -564,7 +406,7 @@ class Supervisor:
             contract.BOOT_REPORT: report.to_json(),
         }
         log.info("Litestream follows the database; starting gunicorn")
-        return _spawn(
+        return spawn(
             ["gunicorn", "-c", str(self.settings.gunicorn_config)],
             env,
             cwd=self.settings.gunicorn_config.parent,
@@ -586,13 +428,13 @@ class Supervisor:
                     return self._stop(litestream, gunicorn, lease, fenced or paused)
                 if gunicorn.poll() is not None:
                     log.error(
-                        f"gunicorn exited ({_describe_exit(gunicorn.returncode)}); stopping Litestream "
+                        f"gunicorn exited ({describe_exit(gunicorn.returncode)}); stopping Litestream "
                         "after its final sync"
                     )
                     if fenced or paused:
-                        _stop_process(litestream, signal.SIGKILL, _LITESTREAM_STOP_SECONDS)
+                        stop_process(litestream, signal.SIGKILL, _LITESTREAM_STOP_SECONDS)
                     else:
-                        _stop_process(litestream, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
+                        stop_process(litestream, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
                         release_quietly(lease)
                     return 1
                 if keeper.lost is not None and not fenced:
@@ -603,11 +445,11 @@ class Supervisor:
                     self._pause_uploads(litestream, paused)
                 elif litestream.poll() is not None and not fenced:
                     log.error(
-                        f"Litestream exited ({_describe_exit(litestream.returncode)}): writes are refused "
+                        f"Litestream exited ({describe_exit(litestream.returncode)}): writes are refused "
                         "from now on; stopping gunicorn and exiting so that the platform restarts the stack"
                     )
                     # No write can succeed any more: a short drain for the reads in flight, no more.
-                    _stop_process(gunicorn, signal.SIGTERM, _DRAIN_WITHOUT_LITESTREAM_SECONDS)
+                    stop_process(gunicorn, signal.SIGTERM, _DRAIN_WITHOUT_LITESTREAM_SECONDS)
                     release_quietly(lease)
                     return 1
                 time.sleep(_POLL_SECONDS)
@@ -650,17 +492,17 @@ class Supervisor:
     ) -> int:
         log.info("stopping: gunicorn finishes the requests in flight, then Litestream makes its final sync")
         began = time.monotonic()
-        served = _stop_process(gunicorn, signal.SIGTERM, self.config.shutdown_timeout + 10)
+        served = stop_process(gunicorn, signal.SIGTERM, self.config.shutdown_timeout + 10)
         keeper = self.keeper
         if keeper is not None and (keeper.lost is not None or keeper.deadline.remaining() <= 0):
             unsure = True
         if unsure:
             # Fenced, or past the lease's deadline: no final sync may upload over another writer's
             # history. What was committed since stays on this volume for the next start to place.
-            _stop_process(litestream, signal.SIGKILL, _LITESTREAM_STOP_SECONDS)
+            stop_process(litestream, signal.SIGKILL, _LITESTREAM_STOP_SECONDS)
             log.warning("stopped without Litestream's final sync: this stack may no longer hold the lease")
             return 1
-        synced = _stop_process(litestream, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
+        synced = stop_process(litestream, signal.SIGTERM, _LITESTREAM_STOP_SECONDS)
         problem = release_quietly(lease)
         if problem:
             log.warning("could not release the writer lease; it lapses by itself", extra={"reason": problem})
