@@ -3,7 +3,6 @@
 One worker process: SQLite has one writer, and a single asyncio worker serves all connections.
 """
 
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -57,7 +56,7 @@ logconfig_dict = {
 }
 
 proc_name = "hello-birthday"
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+forwarded_allow_ips = _config.forwarded_allow_ips
 # gunicorn's run-time control socket is not used, and would need a writable home directory.
 control_socket_disable = True
 

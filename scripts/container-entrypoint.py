@@ -12,6 +12,8 @@ import pwd
 import sys
 from pathlib import Path
 
+from service.settings import ContainerSettings
+
 
 def _give_to(folder: Path, uid: int, gid: int) -> None:
     """chown the folder and everything under it that is not already the user's; no symlink is followed."""
@@ -29,8 +31,9 @@ def main(argv: list[str]) -> None:
     if not argv:
         sys.exit("usage: container-entrypoint.py COMMAND [ARG...]")
     if os.getuid() == 0:
-        user = pwd.getpwnam(os.environ.get("APP_USER", "app"))
-        _give_to(Path(os.environ.get("DATA_DIR", "/data")), user.pw_uid, user.pw_gid)
+        settings = ContainerSettings.from_env(os.environ)
+        user = pwd.getpwnam(settings.app_user)
+        _give_to(settings.data_dir, user.pw_uid, user.pw_gid)
         os.setgroups([])
         os.setgid(user.pw_gid)
         os.setuid(user.pw_uid)

@@ -3,7 +3,7 @@
 #
 # It checks that the tools are on PATH, then execs the supervisor, `python -m service supervise`,
 # which reads and checks every setting (service/settings.py: StackSettings and Config) and does the
-# rest (service/stack/supervisor.py): lock the volume, take the writer lease on the replica path,
+# rest (service/stack/boot.py, then serving.py): lock the volume, take the writer lease on the replica path,
 # place the local database against the replica (keep it, or set it aside and restore the replica's
 # latest), migrate, start Litestream, wait for its first sync, start gunicorn, and stop the two in
 # order on SIGTERM. Settings: the README's Settings table, or `python -m service supervise --help`.

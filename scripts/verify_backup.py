@@ -142,7 +142,7 @@ def restore_latest(
 ) -> str | None:
     """Restore the replica's latest state into ``output``; None when it worked, else Litestream's reason.
 
-    The latest state is in the generation the writer lease names (``service/stack/lease.py``).
+    The latest state is in the generation the writer lease names (``service/stack/lease/``).
     """
     from service.stack.lease import current_replica_url
     from service.stack.replica import ReplicaUnavailable

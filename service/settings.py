@@ -41,6 +41,7 @@ SERVICE_SETTINGS = (
     "LITESTREAM_METRICS_ADDR",
     "DISK_FULL_RESUME_MB",
     "TRACE_FILE",
+    "FORWARDED_ALLOW_IPS",
 )
 STACK_SETTINGS = (
     "REPLICA_URL",
@@ -122,6 +123,8 @@ class Config:
     # Diagnostics: with a path set, the worker records a timeline of its write path, garbage
     # collections and event-loop stalls, and writes it there when it stops (service/trace.py).
     trace_file: Path | None = None
+    # Which proxies' X-Forwarded-* headers gunicorn trusts (its ``forwarded_allow_ips``).
+    forwarded_allow_ips: str = "127.0.0.1,::1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -163,6 +166,7 @@ class Config:
                 env, "DATABASE_CONNECT_TIMEOUT", defaults.database_connect_timeout, 0.05, 600
             ),
             trace_file=Path(trace) if (trace := _text(env, "TRACE_FILE", "")) else None,
+            forwarded_allow_ips=_text(env, "FORWARDED_ALLOW_IPS", defaults.forwarded_allow_ips),
         )
         if config.port == config.metrics_port and config.port != 0:
             raise ConfigError(f"METRICS_PORT must differ from PORT (both are {config.port})")
@@ -271,6 +275,23 @@ class StackSettings:
             LITESTREAM_METRICS_ADDR=self.litestream_metrics_addr,
         )
         return env
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSettings:
+    """The image's own (its Dockerfile sets them), for ``scripts/container-entrypoint.py``, which runs
+    as root before the service: who the service runs as, and the volume handed to that user."""
+
+    app_user: str = "app"
+    data_dir: Path = Path("/data")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "ContainerSettings":
+        defaults = cls()
+        return cls(
+            app_user=_text(environ, "APP_USER", defaults.app_user),
+            data_dir=Path(_text(environ, "DATA_DIR", str(defaults.data_dir))),
+        )
 
 
 @dataclass(frozen=True, slots=True)

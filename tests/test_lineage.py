@@ -11,9 +11,9 @@ from pathlib import Path
 import pysqlite3.dbapi2 as sqlite
 import pytest
 
-from service.stack.lineage import Standing, place, set_aside, state_dir
+from service.stack.lineage import Standing, place, reapply_newer_rows, set_aside, state_dir
 from service.stack.replica import FileReplica, LtxFile
-from service.store.sqlite import migrate, reapply_newer_rows
+from service.store.sqlite import migrate
 
 
 def _ltx(folder: Path, first: int, last: int, content: bytes) -> None:

@@ -1,8 +1,8 @@
 """``python -m service`` (also installed as ``hello-birthday``): one module per command.
 
 Each command module has ``NAME``, ``HELP``, ``SETTINGS`` (the environment variables it reads, listed in
-its ``--help``), ``add_arguments(parser)`` and ``run(args) -> int``. argparse answers ``--help`` (exit
-0) and usage errors (a message on standard error, exit 2).
+its ``--help``), ``run(args) -> int``, and ``add_arguments(parser)`` when it takes arguments.
+argparse answers ``--help`` (exit 0) and usage errors (a message on standard error, exit 2).
 """
 
 import argparse
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=_settings_epilog(module.SETTINGS),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        module.add_arguments(sub)
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser
 

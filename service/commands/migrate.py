@@ -13,21 +13,16 @@ HELP = (
     "apply the migrations to DATABASE_PATH, or to the PostgreSQL database of DATABASE_URL (under an "
     "advisory lock), and exit"
 )
+# No arguments: the database comes from the environment.
 SETTINGS = DATABASE_SETTINGS
 
 log = logging.getLogger("service")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No arguments: the database comes from the environment."""
 
 
 def run(args: argparse.Namespace) -> int:
     from service.store import SchemaTooNew, StoreUnavailable, migrate_store
 
     config = configured()
-    if config is None:
-        return 1
     try:
         where, version = asyncio.run(migrate_store(config))
     except SchemaTooNew as exc:

@@ -8,13 +8,10 @@ from service.settings import SERVICE_SETTINGS
 
 NAME = "serve"
 HELP = "the development server alone (aiohttp's runner, no replication); the default command"
+# No arguments: HOST, PORT and the rest come from the environment.
 SETTINGS = SERVICE_SETTINGS
 
 log = logging.getLogger("service")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No arguments: HOST, PORT and the rest come from the environment."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,8 +20,6 @@ def run(args: argparse.Namespace) -> int:
     from service.http.server import run as serve_app
 
     config = configured()
-    if config is None:
-        return 1
     url = f"http://{config.host}:{config.port}"
     try:
         serve_app(create_app(config), config, started=lambda: log.info("serving", extra={"url": url}))

@@ -118,9 +118,9 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await runner.cleanup()
         raise
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    app[keys.STATE].metrics_port = sockets[0].getsockname()[1] if sockets else config.metrics_port
+    # The port bound, which differs from the setting when that is 0 (tests).
+    addresses = runner.addresses
+    app[keys.STATE].metrics_port = addresses[0][1] if addresses else config.metrics_port
     yield
     await runner.cleanup()
 

@@ -1,6 +1,7 @@
 """Errors as RFC 9457 problem details: the few kinds the service raises, and their JSON shape."""
 
 import json
+from http import HTTPStatus
 from typing import ClassVar
 
 from aiohttp import web
@@ -18,6 +19,16 @@ class Problem(Exception):
     # After answering, close the connection: what the client sends next cannot be trusted to
     # start a request (a body left half-read, a head that could not be parsed).
     close_connection: ClassVar[bool] = False
+
+    def __init_subclass__(
+        cls, *, status: int = 500, slug: str = "internal-error", title: str = "", close: bool = False
+    ) -> None:
+        """A kind of problem: ``class NotFound(Problem, status=404, slug="not-found")``; the title is
+        the status's reason phrase unless given."""
+        cls.status = status
+        cls.slug = slug
+        cls.title = title or HTTPStatus(status).phrase
+        cls.close_connection = close
 
     def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -58,85 +69,55 @@ class Problem(Exception):
         return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-class InvalidInput(Problem):
-    status = 400
-    title = "Bad Request"
-    slug = "invalid-input"
+class InvalidInput(Problem, status=400, slug="invalid-input"):
+    """A username or date of birth the contract does not accept."""
 
 
-class MalformedRequest(Problem):
+class MalformedRequest(Problem, status=400, slug="malformed-request", close=True):
     """A request aiohttp's parser refused: a line too long, a bad header, not HTTP at all."""
 
-    status = 400
-    title = "Bad Request"
-    slug = "malformed-request"
-    close_connection = True
+
+class NotFound(Problem, status=404, slug="not-found"):
+    """No such resource, or no such user."""
 
 
-class NotFound(Problem):
-    status = 404
-    title = "Not Found"
-    slug = "not-found"
+class MethodNotAllowed(Problem, status=405, slug="method-not-allowed"):
+    """A method the resource does not take; ``Allow`` lists those it does."""
 
 
-class MethodNotAllowed(Problem):
-    status = 405
-    title = "Method Not Allowed"
-    slug = "method-not-allowed"
+class PayloadTooLarge(Problem, status=413, slug="payload-too-large", title="Content Too Large"):
+    """A body over the 1 KiB limit."""
 
 
-class PayloadTooLarge(Problem):
-    status = 413
-    title = "Content Too Large"
-    slug = "payload-too-large"
+class RequestTimeout(Problem, status=408, slug="request-timeout", close=True):
+    """The head or the body did not arrive in time (HEADER_TIMEOUT, BODY_TIMEOUT)."""
 
 
-class RequestTimeout(Problem):
-    status = 408
-    title = "Request Timeout"
-    slug = "request-timeout"
-    close_connection = True
-
-
-class ClientClosedRequest(Problem):
+class ClientClosedRequest(
+    Problem, status=499, slug="client-closed-request", title="Client Closed Request", close=True
+):
     """The client went away before its request was whole (nginx's 499): nobody reads this answer;
     it exists so that the request is logged and counted as the client's doing, not as a 500."""
 
-    status = 499
-    title = "Client Closed Request"
-    slug = "client-closed-request"
-    close_connection = True
+
+class UnsupportedMediaType(Problem, status=415, slug="unsupported-media-type"):
+    """A body that is not JSON."""
 
 
-class UnsupportedMediaType(Problem):
-    status = 415
-    title = "Unsupported Media Type"
-    slug = "unsupported-media-type"
+class ServiceUnavailable(Problem, status=503, slug="unavailable"):
+    """Not now: the store, the replication or the writer lease; ``Retry-After`` says when."""
 
 
-class ServiceUnavailable(Problem):
-    status = 503
-    title = "Service Unavailable"
-    slug = "unavailable"
-
-
-class InsufficientStorage(Problem):
+class InsufficientStorage(Problem, status=507, slug="disk-full"):
     """The disk is full: the write was not stored; the client may retry after ``Retry-After``."""
-
-    status = 507
-    title = "Insufficient Storage"
-    slug = "disk-full"
 
 
 class InternalError(Problem):
-    pass
+    """Anything unexpected: the answer says no more than that; the log has the rest."""
 
 
-class TooManyConnections(Problem):
-    status = 503
-    title = "Service Unavailable"
-    slug = "too-many-connections"
-    close_connection = True
+class TooManyConnections(Problem, status=503, slug="too-many-connections", close=True):
+    """MAX_CONNECTIONS are open: answered at once, before reading a request."""
 
 
 class HttpProblem(Problem):

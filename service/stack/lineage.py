@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from service.stack.replica import LtxFile, Replica, local_file_checksum, local_level0
-from service.store.sqlite import checkpoint
+from service.store.sqlite import SELECT_ALL_ROWS, UPSERT_IF_NEWER, checkpoint, connect, connect_read_only
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +183,35 @@ class PendingReapply:
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+_REAPPLY_CHUNK = 10_000
+
+
+def reapply_newer_rows(path: Path, source: Path) -> tuple[int, int]:
+    """Copy into ``path`` each row of ``source`` that is newer than ``path``'s row for the same user.
+
+    One transaction on a normal writing connection, so that Litestream, following ``path``,
+    replicates the result like any other write. ``source`` is opened read-only and left as it is.
+    Returns (rows read from ``source``, rows written to ``path``).
+    """
+    old = connect_read_only(source)
+    conn = connect(path)
+    try:
+        read = 0
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = old.execute(SELECT_ALL_ROWS)
+            while rows := cursor.fetchmany(_REAPPLY_CHUNK):
+                read += len(rows)
+                conn.executemany(UPSERT_IF_NEWER, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return read, conn.total_changes - before
+    finally:
+        conn.close()
+        old.close()

@@ -28,8 +28,8 @@ from typing import Protocol
 import pysqlite3.dbapi2 as sqlite
 
 from service.contract import MergeTotals
+from service.stack.lineage import reapply_newer_rows
 from service.stack.replica import FileReplica, ReplicaUnavailable, S3Replica
-from service.store.sqlite import reapply_newer_rows
 
 log = logging.getLogger("service.stack.supervisor")
 

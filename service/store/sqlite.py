@@ -113,6 +113,11 @@ def connect_reader(path: Path) -> sqlite.Connection:
     return conn
 
 
+def connect_read_only(path: Path) -> sqlite.Connection:
+    """A connection that cannot change the file at all (``mode=ro``), for a database set aside."""
+    return sqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+
+
 Row = tuple[str, str, str]
 T = TypeVar("T")
 
@@ -365,40 +370,10 @@ class SqliteStore:
 
 # --- Re-applying the rows of a set-aside database (service/stack/lineage.py) -------------------------
 
-_SELECT_ALL = "SELECT username, date_of_birth, updated_at FROM users ORDER BY username"
+SELECT_ALL_ROWS = "SELECT username, date_of_birth, updated_at FROM users ORDER BY username"
 # Newest wins: a row replaces the stored one only when its updated_at is later. updated_at is ISO 8601
 # UTC with milliseconds, so text order is time order.
 UPSERT_IF_NEWER = _UPSERT + " WHERE excluded.updated_at > users.updated_at"
-_REAPPLY_CHUNK = 10_000
-
-
-def reapply_newer_rows(path: Path, source: Path) -> tuple[int, int]:
-    """Copy into ``path`` each row of ``source`` that is newer than ``path``'s row for the same user.
-
-    One transaction on a normal writing connection, so that Litestream, following ``path``,
-    replicates the result like any other write. ``source`` is opened read-only and left as it is.
-    Returns (rows read from ``source``, rows written to ``path``).
-    """
-    old = sqlite.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
-    conn = connect(path)
-    try:
-        read = 0
-        before = conn.total_changes
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = old.execute(_SELECT_ALL)
-            while rows := cursor.fetchmany(_REAPPLY_CHUNK):
-                read += len(rows)
-                conn.executemany(UPSERT_IF_NEWER, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return read, conn.total_changes - before
-    finally:
-        conn.close()
-        old.close()
 
 
 def checkpoint(path: Path) -> None:

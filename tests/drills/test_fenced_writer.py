@@ -22,7 +22,7 @@ After each:
    writes acknowledged by either machine missing from the replica: 0.
 
 B took the lease over from a holder that did not release it, so B writes a new generation of the
-replica (``<path>/generations/<name>``, ``service/stack/lease.py``); whatever A still sends lands in A's.
+replica (``<path>/generations/<name>``, ``service/stack/lease/``); whatever A still sends lands in A's.
 """
 
 import json
