@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service import contract
 
+DURABILITY_MODES = ("local", "replicated")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -42,13 +43,15 @@ SERVICE_SETTINGS = (
     "DISK_FULL_RESUME_MB",
     "TRACE_FILE",
     "FORWARDED_ALLOW_IPS",
+    "DURABILITY",
+    "REPLICATION_ACK_TIMEOUT",
+    "LITESTREAM_SOCKET",
 )
 STACK_SETTINGS = (
     "REPLICA_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_REGION",
-    "LITESTREAM_SOCKET",
     "RESTORE_TIMEOUT",
     "LITESTREAM_READY_TIMEOUT",
     "WRITER_LEASE_TTL",
@@ -125,6 +128,12 @@ class Config:
     trace_file: Path | None = None
     # Which proxies' X-Forwarded-* headers gunicorn trusts (its ``forwarded_allow_ips``).
     forwarded_allow_ips: str = "127.0.0.1,::1"
+    # What a PUT's 204 means: "local", committed on this machine's volume; "replicated", also held by
+    # the replica (service/http/replication.py), confirmed within replication_ack_timeout.
+    durability: str = "local"
+    replication_ack_timeout: float = 2.0
+    # Litestream's control socket (the supervisor sets it for the worker).
+    litestream_socket: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
@@ -167,9 +176,19 @@ class Config:
             ),
             trace_file=Path(trace) if (trace := _text(env, "TRACE_FILE", "")) else None,
             forwarded_allow_ips=_text(env, "FORWARDED_ALLOW_IPS", defaults.forwarded_allow_ips),
+            durability=_choice(env, "DURABILITY", defaults.durability, DURABILITY_MODES),
+            replication_ack_timeout=seconds_setting(
+                env, "REPLICATION_ACK_TIMEOUT", defaults.replication_ack_timeout, 0.1, 60
+            ),
+            litestream_socket=Path(socket) if (socket := _text(env, "LITESTREAM_SOCKET", "")) else None,
         )
         if config.port == config.metrics_port and config.port != 0:
             raise ConfigError(f"METRICS_PORT must differ from PORT (both are {config.port})")
+        if config.durability == "replicated" and config.database_url:
+            raise ConfigError(
+                "DURABILITY=replicated is for the SQLite profile (Litestream); with DATABASE_URL the "
+                "PostgreSQL server's own replication decides what a commit survives"
+            )
         return config
 
     @property
@@ -355,6 +374,13 @@ def machine_identity(
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip()
     return value or default
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _text(env, name, default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {env.get(name)!r}")
+    return value
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

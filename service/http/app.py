@@ -14,9 +14,10 @@ from service.http.diskfull import DiskGuard
 from service.http.litestream_metrics import LitestreamMetrics
 from service.http.metrics import Metrics
 from service.http.middlewares import observe
+from service.http.replication import ReplicationAcks
 from service.http.write_guard import WriteGuard
 from service.logs import configure_logging
-from service.settings import Config
+from service.settings import Config, ConfigError
 from service.store import open_store
 from service.trace import TIMELINE, watch_loop_lag
 
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.Application:
     """The public application; its start-up opens the store and the metrics port."""
-    metrics = Metrics()
+    metrics = Metrics(durability=config.durability)
     metrics.record_boot(config.boot_report)
     app = web.Application(middlewares=[observe(metrics)], client_max_size=views.MAX_BODY_BYTES)
     app[keys.CONFIG] = config
@@ -42,6 +43,7 @@ def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.A
         app.cleanup_ctx.append(_trace)
     app.cleanup_ctx.append(_write_guard)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_replication)
     app.cleanup_ctx.append(_metrics_server)
     app.on_startup.append(_freeze_start_up_objects)
     app.on_shutdown.append(_drain)
@@ -96,6 +98,36 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     yield
     await store.close()
     log.info("database closed", extra={"database": about["database"]})
+
+
+async def _replication(app: web.Application) -> AsyncIterator[None]:
+    """DURABILITY=replicated: PUTs wait for the replica (service/http/replication.py)."""
+    config = app[keys.CONFIG]
+    if config.durability != "replicated":
+        app[keys.REPLICATION] = None
+        yield
+        return
+    if config.litestream_socket is None or config.litestream_pid is None:
+        raise ConfigError(
+            "DURABILITY=replicated needs Litestream beside the service: run the stack "
+            "(python -m service supervise, or make run), not the development server alone"
+        )
+    acks = ReplicationAcks(
+        config.litestream_socket,
+        config.database_path.resolve(),
+        config.replication_ack_timeout,
+        app[keys.METRICS],
+    )
+    await acks.open()
+    app[keys.REPLICATION] = acks
+    log.info(
+        "DURABILITY=replicated: a PUT's 204 waits for the replica",
+        extra={"timeout": config.replication_ack_timeout},
+    )
+    try:
+        yield
+    finally:
+        await acks.close()
 
 
 async def _metrics_server(app: web.Application) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ from aiohttp import web
 from service.http.diskfull import DiskGuard
 from service.http.litestream_metrics import LitestreamMetrics
 from service.http.metrics import Metrics
+from service.http.replication import ReplicationAcks
 from service.http.write_guard import WriteGuard
 from service.settings import Config
 from service.store import Store
@@ -35,6 +36,8 @@ GUARD = web.AppKey("guard", WriteGuard)
 DISK = web.AppKey("disk", DiskGuard)
 # None when no Litestream runs beside the service (LITESTREAM_METRICS_ADDR unset).
 LITESTREAM: web.AppKey[LitestreamMetrics | None] = web.AppKey("litestream")
+# None unless DURABILITY=replicated.
+REPLICATION: web.AppKey[ReplicationAcks | None] = web.AppKey("replication")
 Clock = Callable[[], date]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -87,6 +87,28 @@ class _RequestCollector(Collector):
             "Times the disk was found full (each followed by refused writes until space returned).",
             value=metrics.disk_full_episodes,
         )
+        if metrics.durability == "replicated":
+            acks = CounterMetricFamily(
+                "hello_replication_acks",
+                "PUTs committed in DURABILITY=replicated, by outcome: confirmed (204: the replica holds "
+                "the write), timeout (503: not confirmed within REPLICATION_ACK_TIMEOUT), unavailable "
+                "(503: the sync failed, or writes were refused after the commit).",
+                labels=("outcome",),
+            )
+            for outcome in ("confirmed", "timeout", "unavailable"):
+                acks.add_metric([outcome], metrics.replication_acks.get(outcome, 0))
+            yield acks
+            yield metrics.replication_wait.family()
+            yield CounterMetricFamily(
+                "hello_replication_syncs",
+                "Syncs sent to Litestream's control socket (one per group of PUTs waiting).",
+                value=metrics.replication_syncs,
+            )
+            yield CounterMetricFamily(
+                "hello_replication_sync_failures",
+                "Syncs that did not come back 200 in time (each failed every PUT waiting on it).",
+                value=metrics.replication_sync_failures,
+            )
         yield GaugeMetricFamily(
             "hello_litestream_metrics_up",
             "1 if Litestream's own metrics answered the last time they were read, else 0.",
@@ -102,6 +124,8 @@ class _RequestCollector(Collector):
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # DURABILITY: the replication series exist only when it is "replicated".
+    durability: str = "local"
 
     def __post_init__(self) -> None:
         self.request_counts: dict[tuple[str, str, int], int] = {}
@@ -115,6 +139,14 @@ class Metrics:
             "Time spent in one database call, by operation.",
             ("operation",),
         )
+        self.replication_wait = _Histograms(
+            "hello_replication_ack_wait_seconds",
+            "Time a PUT waited, from its commit, for the replica to confirm it (DURABILITY=replicated).",
+            ("outcome",),
+        )
+        self.replication_acks: dict[str, int] = {}
+        self.replication_syncs = 0
+        self.replication_sync_failures = 0
         self.registry.register(_RequestCollector(self))
         # hello_process_start_time_seconds, _resident_memory_bytes, _open_fds...: read from /proc at each
         # scrape. Prefixed, because Litestream's series that follow ours carry its own process_*.
@@ -131,6 +163,14 @@ class Metrics:
             registry=self.registry,
         )
         build_info.labels(__version__, SQLITE_VERSION, platform.python_version()).set(1)
+        durability_info = Gauge(
+            "hello_durability_info",
+            "Always 1; mode is what a PUT's 204 means: local (committed on this machine's volume) or "
+            "replicated (also held by the replica).",
+            ("mode",),
+            registry=self.registry,
+        )
+        durability_info.labels(self.durability).set(1)
         self.boot_outcome = Gauge(
             "hello_boot_outcome",
             "1 for what this start found the local database to be: new, restored, kept, behind or "
@@ -191,6 +231,10 @@ class Metrics:
         if code is None:
             code = self._status_text[status] = str(status)
         self.request_seconds.observe((route, code), seconds)
+
+    def count_replication_ack(self, outcome: str, seconds: float) -> None:
+        self.replication_acks[outcome] = self.replication_acks.get(outcome, 0) + 1
+        self.replication_wait.observe((outcome,), seconds)
 
     def observe_db(self, operation: str, seconds: float) -> None:
         self.db_seconds.observe((operation,), seconds)

@@ -20,6 +20,7 @@ from service.http.problems import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from service.http.replication import Unconfirmed
 from service.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -124,13 +125,23 @@ async def put_hello(request: web.Request) -> web.Response:
     disk.succeeded()
     # Committed locally, but a 204 also promises that Litestream follows it and that this machine
     # still holds the writer lease: ask again.
-    reason = request.app[keys.GUARD].refusal()
+    guard = request.app[keys.GUARD]
+    reason = guard.refusal()
     if reason is not None:
         raise ServiceUnavailable(
             f"{reason}. The date was written on this machine but is not confirmed: it may or may not "
             "be kept. Repeating the PUT is safe",
             headers=_RETRY_LATER,
         )
+    if (replication := request.app[keys.REPLICATION]) is not None:
+        try:
+            await replication.confirm(guard.refusal)
+        except Unconfirmed as exc:
+            raise ServiceUnavailable(
+                f"{exc}: the date is stored on this machine but not yet confirmed in the replica "
+                "(DURABILITY=replicated). Repeating the PUT is safe",
+                headers=_RETRY_LATER,
+            ) from None
     return web.Response(status=204)
 
 
