@@ -1,4 +1,4 @@
--- The part of every wrk script of the bench (scripts/bench.py): each thread counts the
+-- The part of every wrk script of the bench (scripts/benchmark/wrk.py): each thread counts the
 -- answers outside 2xx, and done() prints one line, BENCH_JSON {...}, that the bench reads. The bench
 -- writes the number of seeded users after `local users =` below and appends one of get.lua, put.lua or
 -- mix.lua, which set `request` from the functions below.
