@@ -16,29 +16,16 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from scripts.bench import (
-    SERVER_CPU,
-    FileWatcher,
-    Load,
-    PostgresDatabases,
-    Results,
-    Row,
-    SustainedRow,
-    birthday_for,
-    describe_timeline,
-    litestream_checkpoints,
-    lua_script,
-    peak_rss_mb,
-    plot,
-    postgres_databases,
-    scenarios,
-    seed_database,
-    sustained_scenarios,
-    sustained_table,
-    table,
-    username_for,
-)
 from scripts.bench_reference import create_reference_app
+from scripts.benchmark.postgres import PostgresDatabases, postgres_databases
+from scripts.benchmark.report import plot, sustained_table, table
+from scripts.benchmark.results import Results, Row, SustainedRow
+from scripts.benchmark.scenarios import scenarios, sustained_scenarios
+from scripts.benchmark.seed import birthday_for, seed_database, username_for
+from scripts.benchmark.servers import SERVER_CPU, peak_rss_mb
+from scripts.benchmark.sustained import FileWatcher
+from scripts.benchmark.timeline import describe_timeline, litestream_checkpoints
+from scripts.benchmark.wrk import Load, lua_script
 from service.http.app import create_app
 from service.settings import Config
 from service.store.migrations import load_migrations, migrations_dir

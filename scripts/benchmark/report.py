@@ -1,0 +1,126 @@
+"""What the bench prints: progress on standard error, the Markdown tables, and the plot."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from scripts.benchmark.results import Results, Row, SustainedRow
+from scripts.benchmark.wrk import CONNECTIONS
+
+LABELS = {
+    "reference": "bare aiohttp",
+    "service": "service",
+    "reference-asyncio": "bare aiohttp, asyncio loop",
+    "service-asyncio": "service, asyncio loop",
+    "service-before": "service, before",
+    "postgres": "service on PostgreSQL",
+    "stack": "service + Litestream",
+    "stack-before": "service + Litestream, before",
+}
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], left: int = 2) -> list[str]:
+    """The lines of a Markdown table: its first ``left`` columns aligned left, the others right."""
+    align = ["---"] * left + ["---:"] * (len(header) - left)
+    return ["| " + " | ".join(cells) + " |" for cells in (header, align, *rows)]
+
+
+# The columns both tables begin with.
+_FIRST = ("scenario", "server", "req/s", "p50 ms", "p99 ms")
+
+
+def _first(r: Row | SustainedRow) -> tuple[str, ...]:
+    return (r.scenario, LABELS[r.server], f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}")
+
+
+def table(results: Results) -> str:
+    header = (*_FIRST, "errors", "peak RSS MB", "CPU µs/req", "DB CPU µs/req", "ready s", "ratio")
+    rows = (
+        (*_first(r), f"{r.errors}", f"{r.peak_rss_mb:.1f}", f"{r.cpu_us:.0f}",
+         f"{r.db_cpu_us:.0f}" if r.server == "postgres" else "", f"{r.ready_s:.2f}",
+         f"{r.ratio:.0%}" if r.ratio is not None else "")
+        for r in results.rows
+    )  # fmt: skip
+    notes = [
+        f"Medians of {results.rounds} rounds of {results.duration_s:g} s each. Ratio: req/s as a share of "
+        "the bare aiohttp app in the same scenario; for the largest GET, of the service's GET at the "
+        "smallest scale."
+    ]
+    if results.restore_s is not None:
+        notes.append(
+            f"Litestream restore of the {results.restore_users:,}-user database from a local S3 server: "
+            f"{results.restore_s:.2f} s."
+        )
+    elif results.restore_note:
+        notes.append(f"Litestream restore: {results.restore_note}.")
+    return "\n".join([*markdown_table(header, rows), "", *notes])
+
+
+def sustained_table(results: Results) -> str:
+    header = (*_FIRST, "p99.9 ms", "max ms", "errors", "WAL max MB", "RSS start MB", "RSS end MB")
+    rows = (
+        (*_first(r), f"{r.p999_ms:.2f}", f"{r.max_ms:.2f}", f"{r.errors}", f"{r.wal_max_mb:.1f}",
+         f"{r.rss_start_mb:.1f}", f"{r.rss_end_mb:.1f}")
+        for r in results.sustained
+    )  # fmt: skip
+    note = (
+        f"One run of {results.sustained_s:g} s each after a 2 s warm-up, {CONNECTIONS} connections. WAL max: "
+        "the largest size of hello.db-wal, sampled every 50 ms. RSS: the worker's resident set after the "
+        "warm-up and at the end of the load."
+    )
+    return "\n".join([*markdown_table(header, rows), "", note])
+
+
+def plot(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(dict.fromkeys(r.scenario for r in results.rows))
+    colours = {
+        "reference": "#9e9e9e",
+        "service": "#1f77b4",
+        "reference-asyncio": "#d0d0d0",
+        "service-asyncio": "#17becf",
+        "service-before": "#aec7e8",
+        "stack-before": "#ffbb78",
+        "postgres": "#2ca02c",
+        "stack": "#ff7f0e",
+    }
+    panels: tuple[tuple[str, Callable[[Row], float]], ...] = (
+        ("throughput (requests/s, higher is better)", lambda r: r.rps),
+        ("p99 latency (ms)", lambda r: r.p99_ms),
+        ("server CPU per request (µs)", lambda r: r.cpu_us),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 5.5))
+    servers = [server for server in LABELS if any(r.server == server for r in results.rows)]
+    width = 0.8 / max(len(servers), 1)
+    for offset, server in enumerate(servers):
+        rows = {r.scenario: r for r in results.rows if r.server == server}
+        shift = (offset - (len(servers) - 1) / 2) * width
+        xs = [i + shift for i, scenario in enumerate(scenarios) if scenario in rows]
+        for ax, (_, value) in zip(axes, panels, strict=True):
+            ys = [value(rows[scenario]) for scenario in scenarios if scenario in rows]
+            ax.bar(xs, ys, width, label=LABELS[server], color=colours[server])
+    for ax, (title, _) in zip(axes, panels, strict=True):
+        ax.set_xticks(range(len(scenarios)))
+        ax.set_xticklabels(scenarios, rotation=25, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        f"{CONNECTIONS} connections, wrk and server pinned to separate cores; medians of {results.rounds} "
+        f"rounds of {results.duration_s:g} s; {results.machine}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
