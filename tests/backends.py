@@ -7,15 +7,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+import asyncpg
+import pysqlite3.dbapi2 as bundled_sqlite
+
 from service.settings import Config
 from service.store import Store, open_store
 from service.store import postgres as pg_store
 from service.store import sqlite as sqlite_store
+from service.store.migrations import load_migrations, migrations_dir
 from tests.pg_server import PostgresServer
 
 
 class Backend(Protocol):
     name: str
+    # What a write the schema refuses (a CHECK constraint) raises, from the backend's driver.
+    integrity_error: type[Exception]
 
     def configure(self, config: Config) -> Config:
         """``config`` pointed at this backend's database."""
@@ -40,6 +46,7 @@ class Backend(Protocol):
 class SqliteBackend:
     path: Path
     name: str = "sqlite"
+    integrity_error: type[Exception] = bundled_sqlite.IntegrityError
 
     def configure(self, config: Config) -> Config:
         return dataclasses.replace(config, database_path=self.path, database_url="")
@@ -75,6 +82,7 @@ class PostgresBackend:
     server: PostgresServer
     database: str
     name: str = "postgresql"
+    integrity_error: type[Exception] = asyncpg.IntegrityConstraintViolationError
 
     @property
     def url(self) -> str:
@@ -109,6 +117,18 @@ class PostgresBackend:
 
     async def migrate(self) -> int:
         return await pg_store.migrate(Config(database_url=self.url).postgres)
+
+
+def migrations_and_one_more(folder: Path, backend: str, name: str, sql: str) -> int:
+    """The project's migrations for ``backend`` ("sqlite", "postgresql") copied into ``folder``, then one
+    more, ``<number>_<name>.sql``, holding ``sql``; its number."""
+    folder.mkdir()
+    migrations = load_migrations(migrations_dir(backend))
+    for _, source in migrations:
+        (folder / source.name).write_text(source.read_text())
+    number = len(migrations) + 1
+    (folder / f"{number:04d}_{name}.sql").write_text(sql)
+    return number
 
 
 async def open_backend_store(backend: Backend, tmp_path: Path) -> Store:

@@ -229,28 +229,19 @@ def test_fly_toml_is_valid_against_the_public_schema(config_file: str) -> None:
     assert list(validator.iter_errors({**fly, "kill_signal": "SIGTERMINATE"}))
 
 
-def test_dockerfile_is_hadolint_clean() -> None:
-    result = subprocess.run(
-        [_tool("hadolint"), "--no-color", "Dockerfile"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def _passes(*argv: str, timeout: float = 120) -> None:
+    """Runs a checker from the repository's root; it must exit 0 (what it printed, if not)."""
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    _passes(_tool("hadolint"), "--no-color", "Dockerfile", timeout=60)
 
 
 def test_github_workflows_are_valid() -> None:
     assert {path.name for path in WORKFLOWS} >= {"test.yml", "deploy.yml", "verify-backup.yml"}
-    result = subprocess.run(
-        [_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _passes(_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS))
 
 
 def test_deploy_workflow_tests_builds_once_then_staging_then_approved_production() -> None:

@@ -1,7 +1,7 @@
 """scripts/deploy.sh: preflight, rolling deploy, smoke check, automatic roll back.
 
-flyctl cannot reach Fly.io from here, so a stand-in ``fly`` goes first on PATH: a small Python script
-that records every call and answers ``secrets list``, ``releases``, ``machine list`` and ``deploy`` the
+flyctl cannot reach Fly.io from here, so a stand-in ``fly`` goes first on PATH: tests/fakes/flyctl,
+which records every call and answers ``secrets list``, ``releases``, ``machine list`` and ``deploy`` the
 way flyctl does (the same JSON fields; ``machine list --json`` prints fly-go's ``Machine``, see
 ``fly_machine`` below). The smoke target is real: an HTTP server on 127.0.0.1 that serves the image
 the stand-in last "deployed", answering like the service when that image is good and with 503 on
@@ -12,7 +12,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,49 +21,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, install_fake_fly
+
 DEPLOY = ROOT / "scripts" / "deploy.sh"
 OLD_IMAGE = "registry.fly.io/hello-birthday-test:deployment-01OLD"
 NEW_IMAGE = "registry.fly.io/hello-birthday-test:deployment-02NEW"
-
-# The stand-in flyctl. State lives in files beside it: calls.jsonl (one JSON argv per call) and
-# image (what is "running"). `deploy --image X` runs X; a plain `deploy` runs NEW_IMAGE. `machine list`
-# prints FAKE_FLY_MACHINES (a JSON array) or fails when that is "fail".
-FAKE_FLY = """#!{python}
-import json, os, sys
-from pathlib import Path
-
-here = Path(__file__).resolve().parent
-args = sys.argv[1:]
-with open(here / "calls.jsonl", "a") as calls:
-    calls.write(json.dumps(args) + "\\n")
-image_file = here / "image"
-
-if args[:2] == ["config", "validate"]:
-    print("Configuration is valid")
-elif args[:2] == ["secrets", "list"]:
-    names = [n for n in os.environ.get("FAKE_FLY_SECRETS", "").split(",") if n]
-    print(json.dumps([{{"Name": n, "Digest": "d1g35t", "CreatedAt": "2026-01-01T00:00:00Z"}} for n in names]))
-elif args[:1] == ["releases"]:
-    releases = [{{"Version": 1, "Status": "complete", "ImageRef": "{old}", "Stable": True}}]
-    for version, line in enumerate((here / "calls.jsonl").read_text().splitlines(), start=2):
-        call = json.loads(line)
-        if call[:1] == ["deploy"]:
-            image = call[call.index("--image") + 1] if "--image" in call else "{new}"
-            releases.append({{"Version": version, "Status": "complete", "ImageRef": image}})
-    print(json.dumps(sorted(releases, key=lambda r: -r["Version"])))
-elif args[:2] == ["machine", "list"] and "--json" in args:
-    machines = os.environ["FAKE_FLY_MACHINES"]
-    if machines == "fail":
-        sys.exit("Error: failed to list VMs: the API did not answer")
-    print(machines)
-elif args[:1] == ["deploy"]:
-    if os.environ.get("FAKE_FLY_DEPLOY_FAILS") and "--image" not in args:
-        sys.exit("Error: timeout reached waiting for health checks to pass")
-    image_file.write_text(args[args.index("--image") + 1] if "--image" in args else "{new}")
-else:
-    sys.exit("stand-in fly: unexpected call " + " ".join(args))
-"""
 
 FAKE_MAKE = """#!/bin/sh
 echo "$@" >> "$(dirname "$0")/make-calls"
@@ -138,6 +99,9 @@ class Stage:
         environ = {
             **os.environ,
             "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_FLY_HOME": str(self.bin),
+            "FAKE_FLY_OLD_IMAGE": OLD_IMAGE,
+            "FAKE_FLY_NEW_IMAGE": NEW_IMAGE,
             "FAKE_FLY_SECRETS": secrets,
             "FAKE_FLY_MACHINES": machines,
             "MAKE": str(self.bin / "make"),
@@ -215,15 +179,11 @@ def _serve(image_file: Path, new_image_is_good: list[bool]) -> ThreadingHTTPServ
 
 @pytest.fixture
 def stage(tmp_path: Path) -> Iterator[Stage]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (
-        ("fly", FAKE_FLY.format(python=sys.executable, old=OLD_IMAGE, new=NEW_IMAGE)),
-        ("make", FAKE_MAKE),
-    ):
-        path = bin_dir / name
-        path.write_text(text)
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    bin_dir = install_fake_fly(tmp_path / "bin")
+    make = bin_dir / "make"
+    make.write_text(FAKE_MAKE)
+    make.chmod(make.stat().st_mode | stat.S_IXUSR)
+    # What the app runs now: the stand-in's app (see tests/fakes/flyctl).
     (bin_dir / "image").write_text(OLD_IMAGE)
     new_image_is_good = [False]
     server = _serve(bin_dir / "image", new_image_is_good)

@@ -93,7 +93,7 @@ async def _until_204(client: Client, timeout: float) -> tuple[float, int]:
             return time.monotonic() - began, refused
         assert status == 507
         refused += 1
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # polling: a client trying again
     raise AssertionError(f"no write was taken within {timeout} s of the disk growing")
 
 
@@ -129,7 +129,7 @@ async def test_a_full_disk_answers_507_once_logged_and_recovers_when_space_retur
 
     # Grown, but to less than DISK_FULL_RESUME_MB free: still refused.
     small_disk.grow("4m")
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(2.5)  # the point: the disk is looked at again meanwhile, and writes stay refused
     assert await _put(client, "StillFull") == 507
 
     small_disk.grow("64m")
@@ -187,7 +187,7 @@ async def test_writes_wait_for_litestream_to_resume_after_space_returns(
     await _fill(client)
     small_disk.grow("64m")
     # Space is back but Litestream is still paused: writes stay refused.
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(2.5)  # the point: the disk is looked at again meanwhile, and writes stay refused
     assert await _put(client, "Early") == 507
     assert "Litestream" in (await (await client.get("/readyz")).json())["reason"]
     litestream_stub["disk_full"] = 0.0

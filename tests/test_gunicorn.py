@@ -1,33 +1,21 @@
 """The production server, a real gunicorn process: SIGTERM while requests are in flight."""
 
-import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.support import free_port, http_status, wait_for_status
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_gunicorn(database: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "METRICS_PORT": str(free_port()),
-        "DATABASE_PATH": str(database),
-        "SHUTDOWN_TIMEOUT": "10",
-    }
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    return subprocess.Popen(
-        [str(gunicorn), "-c", "gunicorn.conf.py"], cwd=ROOT, env=env, start_new_session=True
-    )
-
+from tests.support import (
+    client_port,
+    free_port,
+    http_status,
+    killed_at_exit,
+    server_has_read,
+    start_gunicorn,
+    wait_for_status,
+    wait_until,
+)
 
 BODY = b'{"dateOfBirth": "1990-04-01"}'
 
@@ -46,8 +34,7 @@ def send_put(port: int, username: str, body_bytes_sent: int = len(BODY)) -> sock
 def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path: Path) -> None:
     database = tmp_path / "hello.db"
     port = free_port()
-    server = start_gunicorn(database, port)
-    try:
+    with killed_at_exit(start_gunicorn(port, DATABASE_PATH=str(database))) as server:
         wait_for_status(f"http://127.0.0.1:{port}/readyz")
         # Hold the database's write lock, as a long checkpoint would: the PUTs below wait for it
         # (busy_timeout), so they are in flight inside the server when SIGTERM arrives.
@@ -55,10 +42,13 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path: Path) -> 
         blocker.execute("BEGIN IMMEDIATE")
         names = ["Ann", "Bea", "Cat", "Dot", "Eve"]
         in_flight = [send_put(port, name) for name in names]
-        time.sleep(0.3)
+        clients = [client_port(conn) for conn in in_flight]
+        wait_until(
+            lambda: server_has_read(port, clients), timeout=10, what="the server did not read the PUTs"
+        )
 
         server.send_signal(signal.SIGTERM)
-        time.sleep(1.5)
+        time.sleep(1.5)  # the point: the server does not quit while the PUTs wait for the lock
         assert server.poll() is None, "the server quit with requests in flight"
         # New connections are refused while draining.
         assert http_status(f"http://127.0.0.1:{port}/healthz", timeout=1) is None
@@ -70,10 +60,6 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path: Path) -> 
             conn.close()
         assert answers == [b"HTTP/1.1 204 No Content"] * len(names)
         assert server.wait(timeout=30) == 0
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
     # The database was closed cleanly: the last connection checkpointed and removed the WAL.
     assert not Path(f"{database}-wal").exists()
@@ -87,21 +73,16 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path: Path) -> 
 
 def test_readiness_turns_503_at_sigterm_before_the_socket_closes(tmp_path: Path) -> None:
     port = free_port()
-    server = start_gunicorn(tmp_path / "hello.db", port)
     url = f"http://127.0.0.1:{port}/readyz"
-    try:
+    with killed_at_exit(start_gunicorn(port, DATABASE_PATH=str(tmp_path / "hello.db"))) as server:
         wait_for_status(url)
         server.send_signal(signal.SIGTERM)
         answers: list[int | None] = []
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and (not answers or answers[-1] is not None):
             answers.append(http_status(url, timeout=1))
-            time.sleep(0.002)
+            time.sleep(0.002)  # sampling: every answer from SIGTERM until the socket closes
         assert server.wait(timeout=30) == 0
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
     # The master passes SIGTERM on to the worker within milliseconds (200s until then); from then
     # on 503 while the worker still accepts, then the socket closes (None), and never 200 again.
     first_503 = answers.index(503)
@@ -116,21 +97,18 @@ def test_a_body_cut_off_by_shutdown_gets_503_at_once_not_a_hang(tmp_path: Path) 
     # than left to hold the worker for the whole graceful timeout.
     database = tmp_path / "hello.db"
     port = free_port()
-    server = start_gunicorn(database, port)
-    try:
+    with killed_at_exit(start_gunicorn(port, DATABASE_PATH=str(database))) as server:
         wait_for_status(f"http://127.0.0.1:{port}/readyz")
         conn = send_put(port, "Cut", body_bytes_sent=10)
-        time.sleep(0.3)
+        wait_until(
+            lambda: server_has_read(port, [client_port(conn)]), timeout=10, what="the server read nothing"
+        )
         server.send_signal(signal.SIGTERM)
         answer = conn.recv(4096)
         conn.close()
         assert answer.startswith(b"HTTP/1.1 503 "), answer
         assert b"application/problem+json" in answer
         assert server.wait(timeout=30) == 0
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
     check = sqlite3.connect(database)
     try:
         assert check.execute("SELECT count(*) FROM users").fetchone() == (0,)

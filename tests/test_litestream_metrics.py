@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from service.http.app import create_app
 from service.settings import Config
 from service.store.sqlite import migrate
 from tests.conftest import TODAY
-from tests.support import free_port, http_status
+from tests.support import free_port, http_status, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 LITESTREAM = Path(sys.executable).parent / "litestream"
@@ -55,12 +54,13 @@ def litestream_address(tmp_path: Path, database_path: Path) -> Iterator[Litestre
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+    def answering() -> bool:
+        assert process.poll() is None, "Litestream exited at start"
+        return http_status(f"http://{address}/metrics") == 200
+
     try:
-        deadline = time.monotonic() + 30
-        while http_status(f"http://{address}/metrics") != 200:
-            assert process.poll() is None, "Litestream exited at start"
-            assert time.monotonic() < deadline, "Litestream's metrics did not answer within 30 s"
-            time.sleep(0.1)
+        wait_until(answering, timeout=30, what="Litestream's metrics did not answer", interval=0.1)
         yield address, process
     finally:
         if process.poll() is None:

@@ -14,6 +14,7 @@ from service.settings import Config, PostgresSettings
 from service.store import StoreUnavailable
 from service.store import postgres as pg_store
 from service.store.migrations import load_migrations, migrations_dir
+from tests.backends import migrations_and_one_more
 from tests.pg_server import PostgresServer
 from tests.support import free_port
 
@@ -32,25 +33,15 @@ def settings(server: PostgresServer, database: str, query: str = "") -> Postgres
     return Config(database_url=url).postgres
 
 
-def copy_migrations(folder: Path) -> int:
-    folder.mkdir()
-    migrations = load_migrations(migrations_dir("postgresql"))
-    for _, source in migrations:
-        (folder / source.name).write_text(source.read_text())
-    return len(migrations)
-
-
 async def test_many_processes_starting_at_once_migrate_once(
     postgres_server: PostgresServer, database: str, tmp_path: Path
 ) -> None:
     # A migration that is not idempotent and slow enough for every migrator to arrive while it runs:
     # without the lock, two would apply it (two rows), or the second CREATE TABLE would fail.
     folder = tmp_path / "migrations"
-    number = copy_migrations(folder) + 1
-    (folder / f"{number:04d}_slow.sql").write_text(
-        "CREATE TABLE applied (at timestamptz NOT NULL DEFAULT now());\n"
-        "INSERT INTO applied DEFAULT VALUES;\nSELECT pg_sleep(0.5);\n"
-    )
+    slow = "CREATE TABLE applied (at timestamptz NOT NULL DEFAULT now());\n"
+    slow += "INSERT INTO applied DEFAULT VALUES;\nSELECT pg_sleep(0.5);\n"
+    number = migrations_and_one_more(folder, "postgresql", "slow", slow)
     target = settings(postgres_server, database)
     results = await asyncio.gather(*(pg_store.migrate(target, folder) for _ in range(8)))
     assert results == [number] * 8
@@ -69,10 +60,8 @@ async def test_a_failing_migration_leaves_no_trace(
     postgres_server: PostgresServer, database: str, tmp_path: Path
 ) -> None:
     folder = tmp_path / "migrations"
-    number = copy_migrations(folder) + 1
-    (folder / f"{number:04d}_broken.sql").write_text(
-        "CREATE TABLE half_done (id integer);\nINSERT INTO no_such_table VALUES (1);\n"
-    )
+    broken = "CREATE TABLE half_done (id integer);\nINSERT INTO no_such_table VALUES (1);\n"
+    number = migrations_and_one_more(folder, "postgresql", "broken", broken)
     with pytest.raises(Exception, match="no_such_table"):
         await pg_store.migrate(settings(postgres_server, database), folder)
     assert postgres_server.sql("SELECT version FROM schema_version", database) == [[str(number - 1)]]

@@ -24,6 +24,7 @@ from service.http.server import RateLimitedLog, make_runner
 from service.logs import JsonFormatter
 from service.settings import Config
 from tests.conftest import TODAY
+from tests.support import client_port, server_has_closed, server_has_read, wait_until_async
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,7 +174,7 @@ async def test_a_keep_alive_connection_may_idle_between_requests(server: Server)
             await writer.drain()
             answer = await asyncio.wait_for(read_answer(reader), 5)
             assert answer.startswith(b"HTTP/1.1 200 ")
-            await asyncio.sleep(1.5)  # longer than HEADER_TIMEOUT
+            await asyncio.sleep(1.5)  # the point: idle for longer than HEADER_TIMEOUT
     finally:
         writer.close()
 
@@ -197,12 +198,9 @@ async def test_a_client_gone_mid_body_is_a_499_not_a_500(server: Server, json_lo
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(head + b'{"dateOf')
     await writer.drain()
-    await asyncio.sleep(0.2)
+    await wait_until_async(lambda: server_has_read(server.port, [client_port(writer)]), 5, "nothing read")
     writer.close()
-    for _ in range(50):
-        if server.count("/hello/{username}", "PUT", 499):
-            break
-        await asyncio.sleep(0.05)
+    await wait_until_async(lambda: server.count("/hello/{username}", "PUT", 499), 2.5, "no 499 counted")
     assert server.count("/hello/{username}", "PUT", 499) == 1
     assert server.count("/hello/{username}", "PUT", 500) == 0
     assert log_entries(json_log, level="error") == []
@@ -212,8 +210,9 @@ async def test_a_client_gone_mid_body_is_a_499_not_a_500(server: Server, json_lo
 
 async def test_connections_over_the_cap_get_503_at_once(server: Server, json_log: io.StringIO) -> None:
     held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(3)]
+    clients = [client_port(writer) for _, writer in held]
     try:
-        await asyncio.sleep(0.1)
+        await wait_until_async(lambda: server_has_read(server.port, clients), 5, "not all accepted")
         status, headers, problem = parse_answer(
             await exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n", 2)
         )
@@ -224,7 +223,7 @@ async def test_connections_over_the_cap_get_503_at_once(server: Server, json_log
     finally:
         for _, writer in held:
             writer.close()
-    await asyncio.sleep(0.1)
+    await wait_until_async(lambda: server_has_closed(server.port, clients), 5, "not all closed")
     status, _, _ = parse_answer(
         await exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     )
@@ -236,9 +235,9 @@ async def test_rate_limited_log_writes_one_line_then_one_summary_a_second(json_l
     for _ in range(1000):
         limited.note(kind="x")
     assert [e["count"] for e in log_entries(json_log, message="flood")] == [1]
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.4)  # the point: the summary comes once the interval has passed
     assert [e["count"] for e in log_entries(json_log, message="flood")] == [1, 999]
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.4)  # the point: another interval passes, with nothing to log
     assert len(log_entries(json_log, message="flood")) == 2  # nothing new, nothing logged
 
 
@@ -282,7 +281,7 @@ def test_accept_errors_for_lack_of_open_files_are_logged_once_a_second(tmp_path:
                 held.append(socket.create_connection(("127.0.0.1", port), timeout=1))
             except OSError:
                 break
-        time.sleep(2.5)
+        time.sleep(2.5)  # the point: accept() fails over more than two seconds, logged once a second
     finally:
         for conn in held:
             conn.close()

@@ -1,18 +1,17 @@
 """scripts/setup.sh: provisions an environment, and a second run creates nothing.
 
 flyctl cannot reach Fly.io from here, so, as in tests/test_deploy_script.py, a stand-in ``fly`` goes
-first on PATH. This one keeps an account's state in a JSON file beside it (apps, volumes, buckets,
-secrets) and answers with flyctl's shapes, taken from its source: ``apps list --json`` prints fly-go's
-``App`` (GraphQL, Go field names: ``Name``, ``Status``), ``volumes list --json`` fly-go's ``Volume``
-(``id``, ``name``, ``state``, ``size_gb``, ``region``), ``secrets list --json`` ``name``/``digest``/
-``status``, ``storage list`` a table only. ``storage create --app`` sets the five secrets Tigris
-gives the app, and refuses a second bucket for one app, as flyctl does. ``volumes create`` without
-``--yes`` fails, as flyctl's confirmation prompt does without a terminal.
+first on PATH: tests/fakes/flyctl. Here it keeps an account's state in a JSON file beside it (apps,
+volumes, buckets, secrets) and answers with flyctl's shapes, taken from its source: ``apps list
+--json`` prints fly-go's ``App`` (GraphQL, Go field names: ``Name``, ``Status``), ``volumes list
+--json`` fly-go's ``Volume`` (``id``, ``name``, ``state``, ``size_gb``, ``region``), ``secrets list
+--json`` ``name``/``digest``/``status``, ``storage list`` a table only. ``storage create --app`` sets
+the five secrets Tigris gives the app, and refuses a second bucket for one app, as flyctl does.
+``volumes create`` without ``--yes`` fails, as flyctl's confirmation prompt does without a terminal.
 """
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,87 +20,10 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, install_fake_fly
+
 SETUP = ROOT / "scripts" / "setup.sh"
 MUTATING = {("apps", "create"), ("volumes", "create"), ("storage", "create"), ("secrets", "set")}
-
-FAKE_FLY = """#!{python}
-import hashlib, json, sys
-from pathlib import Path
-
-here = Path(__file__).resolve().parent
-args = sys.argv[1:]
-with open(here / "calls.jsonl", "a") as calls:
-    calls.write(json.dumps(args) + "\\n")
-state_file = here / "state.json"
-state = json.loads(state_file.read_text())
-
-def save():
-    state_file.write_text(json.dumps(state, indent=1))
-
-def option(name):
-    return args[args.index(name) + 1] if name in args else None
-
-def app_or_fail():
-    app = option("--app")
-    if app not in state["apps"]:
-        sys.exit(f"Error: failed to get app: Could not find App \\"{{app}}\\"")
-    return app
-
-if args[:2] == ["apps", "list"]:
-    print(json.dumps([{{"ID": name, "Name": name, "Status": "pending", "Deployed": False,
-                       "Organization": {{"Slug": "personal"}}}} for name in state["apps"]]))
-elif args[:2] == ["apps", "create"]:
-    if args[2] in state["apps"]:
-        sys.exit("Error: Validation failed: Name has already been taken")
-    state["apps"].append(args[2]); state["secrets"][args[2]] = {{}}; save()
-    print(f"New app created: {{args[2]}}")
-elif args[:2] == ["volumes", "list"]:
-    app = app_or_fail()
-    print(json.dumps([v for v in state["volumes"] if v["app"] == app]))
-elif args[:2] == ["volumes", "create"]:
-    app = app_or_fail()
-    if "--yes" not in args:
-        sys.exit("Error: yes flag must be specified when not running interactively")
-    volume = {{"id": f"vol_{{len(state['volumes']) + 1:04d}}", "name": args[2], "state": "created",
-              "size_gb": int(option("--size")), "region": option("--region"), "zone": "a1b2",
-              "encrypted": True, "attached_machine_id": None, "attached_alloc_id": None,
-              "created_at": "2026-12-01T10:00:00Z",
-              "snapshot_retention": int(option("--snapshot-retention") or 5),
-              "auto_backup_enabled": True, "app": app}}
-    state["volumes"].append(volume); save()
-    print(f"Created volume {{volume['id']}}")
-elif args[:2] == ["storage", "list"]:
-    print("NAME                             ORG")
-    for bucket in state["buckets"]:
-        print(f"{{bucket['name']:<30}}   personal")
-    print()
-elif args[:2] == ["storage", "create"]:
-    app = app_or_fail()
-    if any(b["app"] == app for b in state["buckets"]):
-        sys.exit(f"Error: A Tigris object storage bucket named x already exists for app {{app}}")
-    name = option("--name")
-    state["buckets"].append({{"name": name, "app": app}})
-    state["secrets"][app].update({{"AWS_ACCESS_KEY_ID": "tid_x", "AWS_SECRET_ACCESS_KEY": "tsec_x",
-        "AWS_ENDPOINT_URL_S3": "https://fly.storage.tigris.dev", "AWS_REGION": "auto", "BUCKET_NAME": name}})
-    save()
-    print(f"Your Tigris project ({{name}}) is ready.")
-elif args[:2] == ["secrets", "list"]:
-    app = app_or_fail()
-    print(json.dumps([{{"name": n, "digest": hashlib.sha256(v.encode()).hexdigest()[:16],
-                       "status": "Deployed"}} for n, v in sorted(state["secrets"][app].items())]))
-elif args[:2] == ["secrets", "set"]:
-    app = app_or_fail()
-    if "--stage" not in args:
-        sys.exit("stand-in fly: secrets set without --stage would restart the Machines")
-    for pair in args[2:]:
-        if "=" in pair and not pair.startswith("-"):
-            name, value = pair.split("=", 1)
-            state["secrets"][app][name] = value
-    save()
-else:
-    sys.exit("stand-in fly: unexpected call " + " ".join(args))
-"""
 
 
 @dataclass
@@ -128,7 +50,12 @@ class Account:
         (self.bin / "calls.jsonl").unlink(missing_ok=True)
 
     def setup(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        environ = {**os.environ, "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}", **env}
+        environ = {
+            **os.environ,
+            "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_FLY_HOME": str(self.bin),
+            **env,
+        }
         for name in ("FLY", "FLY_ORG", "LITESTREAM_HEARTBEAT_URL"):
             if name not in env:
                 environ.pop(name, None)
@@ -139,12 +66,7 @@ class Account:
 
 @pytest.fixture
 def account(tmp_path: Path) -> Account:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fly = bin_dir / "fly"
-    fly.write_text(FAKE_FLY.format(python=sys.executable))
-    fly.chmod(fly.stat().st_mode | stat.S_IXUSR)
-    stand_in = Account(bin_dir)
+    stand_in = Account(install_fake_fly(tmp_path / "bin"))
     stand_in.set_state({"apps": [], "volumes": [], "buckets": [], "secrets": {}})
     return stand_in
 

@@ -2,9 +2,7 @@
 
 The contract both backends keep is in test_store_contract.py."""
 
-import asyncio
 import sqlite3
-from datetime import date
 from pathlib import Path
 
 import pysqlite3.dbapi2 as bundled_sqlite
@@ -12,6 +10,7 @@ import pytest
 
 from service.store.migrations import load_migrations, migrations_dir
 from service.store.sqlite import SQLITE_VERSION, SqliteStore, migrate
+from tests.backends import migrations_and_one_more
 
 
 def raw(path: Path) -> sqlite3.Connection:
@@ -44,13 +43,8 @@ def test_migrating_a_fresh_database(tmp_path: Path) -> None:
 
 def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
-    folder.mkdir()
-    for _, source in load_migrations(migrations_dir()):
-        (folder / source.name).write_text(source.read_text())
-    number = len(load_migrations(folder)) + 1
-    (folder / f"{number:04d}_broken.sql").write_text(
-        "CREATE TABLE half_done (id INTEGER);\nINSERT INTO no_such_table VALUES (1);\n"
-    )
+    broken = "CREATE TABLE half_done (id INTEGER);\nINSERT INTO no_such_table VALUES (1);\n"
+    number = migrations_and_one_more(folder, "sqlite", "broken", broken)
     path = tmp_path / "hello.db"
     with pytest.raises(bundled_sqlite.OperationalError, match="no_such_table"):
         migrate(path, folder)
@@ -65,25 +59,3 @@ def test_migrations_must_be_numbered_without_gaps(tmp_path: Path) -> None:
     (tmp_path / "0003_c.sql").write_text("SELECT 1;")
     with pytest.raises(ValueError, match="out of sequence"):
         load_migrations(tmp_path)
-
-
-async def test_a_bad_row_in_a_group_commit_fails_only_its_own_caller(tmp_path: Path) -> None:
-    # Concurrent upserts share one transaction; a row the schema refuses (a name over 64
-    # characters, which the API would never send) must not take the others down with it.
-    path = tmp_path / "hello.db"
-    store = await SqliteStore.open(path)
-    good = [f"user{chr(ord('a') + i)}" for i in range(20)]
-    try:
-        results = await asyncio.gather(
-            *(store.upsert_birthday(name, date(1990, 1, 2)) for name in good[:10]),
-            store.upsert_birthday("x" * 65, date(1990, 1, 2)),
-            *(store.upsert_birthday(name, date(1990, 1, 2)) for name in good[10:]),
-            return_exceptions=True,
-        )
-    finally:
-        await store.close()
-    assert [type(result) for result in results].count(bundled_sqlite.IntegrityError) == 1
-    assert isinstance(results[10], bundled_sqlite.IntegrityError)
-    with raw(path) as conn:
-        stored = [row[0] for row in conn.execute("SELECT username FROM users ORDER BY username")]
-    assert stored == sorted(good)

@@ -67,7 +67,8 @@ async def test_a_bad_row_among_concurrent_writes_fails_only_its_own_caller(
     backend: Backend, tmp_path: Path
 ) -> None:
     # A row the schema refuses (a name over 64 characters, which the API would never send) must not
-    # take the concurrent writes down with it.
+    # take the concurrent writes down with it, even where they share one transaction (SQLite's group
+    # commit).
     store = await open_backend_store(backend, tmp_path)
     good = [f"user{chr(ord('a') + i)}" for i in range(20)]
     try:
@@ -80,6 +81,7 @@ async def test_a_bad_row_among_concurrent_writes_fails_only_its_own_caller(
     finally:
         await store.close()
     assert [index for index, result in enumerate(results) if isinstance(result, Exception)] == [10]
+    assert isinstance(results[10], backend.integrity_error), results[10]
     assert [name for name, _ in backend.rows()] == sorted(good)
 
 

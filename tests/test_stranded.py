@@ -3,12 +3,11 @@ the writer newest-wins, then moved to merged/. Real SQLite files and a real file
 
 from pathlib import Path
 
-import pysqlite3.dbapi2 as sqlite
-
 from service.contract import MergeTotals
 from service.stack.replica import FileReplica
 from service.stack.stranded import deliver, inbox_for, merge_pending
 from service.store.sqlite import connect, migrate
+from tests.support import birthdays
 
 
 def _database(path: Path, rows: dict[str, tuple[str, str]]) -> Path:
@@ -22,14 +21,6 @@ def _database(path: Path, rows: dict[str, tuple[str, str]]) -> Path:
     finally:
         conn.close()
     return path
-
-
-def _rows(path: Path) -> dict[str, str]:
-    conn = sqlite.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return dict(conn.execute("SELECT username, date_of_birth FROM users"))
-    finally:
-        conn.close()
 
 
 def test_a_refused_machine_delivers_once_and_the_writer_merges_newest_wins(tmp_path: Path) -> None:
@@ -57,10 +48,10 @@ def test_a_refused_machine_delivers_once_and_the_writer_merges_newest_wins(tmp_p
 
     merged = merge_pending(writer, inbox, lambda: True)
     assert [(item.rows_read, item.rows_written) for item in merged] == [(3, 2)]
-    assert _rows(writer) == {"Onlyona": "1990-01-01", "Newerona": "1991-02-02", "Olderona": "2002-02-02"}
+    assert birthdays(writer) == {"Onlyona": "1990-01-01", "Newerona": "1991-02-02", "Olderona": "2002-02-02"}
     assert inbox.pending() == []
     assert [path.name for path in (replica.root / "merged").iterdir()] == [merged[0].name], "kept, moved"
-    assert _rows(refused) == {
+    assert birthdays(refused) == {
         "Onlyona": "1990-01-01",
         "Newerona": "1991-02-02",
         "Olderona": "1992-03-03",
@@ -77,7 +68,7 @@ def test_a_writer_that_may_not_write_merges_nothing(tmp_path: Path) -> None:
     )
     writer = _database(tmp_path / "b" / "hello.db", {})
     assert merge_pending(writer, inbox, lambda: False) == []
-    assert len(inbox.pending()) == 1 and _rows(writer) == {}
+    assert len(inbox.pending()) == 1 and birthdays(writer) == {}
 
 
 def test_nothing_to_deliver_without_rows(tmp_path: Path) -> None:

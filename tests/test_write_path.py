@@ -70,7 +70,7 @@ async def test_sustained_writes_keep_the_wal_bounded_without_the_writer_checkpoi
         while writing:
             frames = index.frames()
             largest = max(largest, frames[0] if frames else 0)
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # sampling the WAL's size while the writers write
 
     try:
         # The writing connection never checkpoints inside a COMMIT.
@@ -101,7 +101,7 @@ async def test_a_write_waits_for_a_lock_held_elsewhere_then_commits(tmp_path: Pa
         released = threading.Event()
 
         def release() -> None:
-            time.sleep(0.3)
+            time.sleep(0.3)  # the point: the lock is held for a while, and the write waits for it
             holder.execute("COMMIT")
             released.set()
 

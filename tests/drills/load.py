@@ -5,45 +5,22 @@ has ``max_answers`` answers, whichever comes first.
 """
 
 import json
-import os
 import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
-from tests.drills.conftest import username
-from tests.support import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ClientThreads, start_gunicorn, username
 
 
 def start_gunicorn_on_postgres(
-    url: str, port: int, log: BinaryIO, settings: Mapping[str, str]
+    url: str, port: int, log: Path, settings: Mapping[str, str]
 ) -> "subprocess.Popen[bytes]":
     """gunicorn with the production config (gunicorn.conf.py) and ``DATABASE_URL``, in its own session."""
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "METRICS_PORT": str(free_port()),
-        "DATABASE_URL": url,
-        "LOG_LEVEL": "WARNING",
-        **settings,
-    }
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    return start_gunicorn(port, log, **{"DATABASE_URL": url, "LOG_LEVEL": "WARNING", **settings})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +42,7 @@ class Answer:
 
 
 @dataclass
-class PutThenGet:
+class PutThenGet(ClientThreads):
     base_url: str
     clients: int = 4
     pause: float = 0.0
@@ -76,23 +53,13 @@ class PutThenGet:
     answers: list[Answer] = field(default_factory=list)
     # name -> date of birth of every 204: the writes the service promised to keep.
     acknowledged: dict[str, str] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> "PutThenGet":
-        deadline = time.monotonic() + self.seconds
-        for index in range(self.clients):
-            thread = threading.Thread(target=self._run, args=(index, deadline), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._start_clients(self.clients, self.seconds)
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=self.client_timeout + 5)
-        assert not any(thread.is_alive() for thread in self._threads), "a client did not stop"
+        assert self._stop_clients(timeout=self.client_timeout + 5), "a client did not stop"
 
     def since(self, moment: float) -> list[Answer]:
         """The answers to requests sent at or after ``moment``."""
@@ -134,9 +101,9 @@ class PutThenGet:
             status = 0
         return Answer(started, time.monotonic(), method, name, status, retry_after)
 
-    def _run(self, index: int, deadline: float) -> None:
+    def _client(self, index: int, deadline: float) -> None:
         number = 0
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while not self._stopping.is_set() and time.monotonic() < deadline:
             with self._lock:
                 if len(self.answers) >= self.max_answers:
                     return
@@ -152,4 +119,4 @@ class PutThenGet:
                     self.answers.append(got)
             number += 1
             if self.pause:
-                time.sleep(self.pause)
+                time.sleep(self.pause)  # pacing: a steady load, not a flood

@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import (
-    S3Server,
-    Stack,
-    StackFactory,
-    record_figures,
-    start_moto,
-    stop_group,
-)
-from tests.support import free_port, http_status
+from tests.drills.stack import Machine, S3Server, Stack, StackFactory, record_figures, start_moto
+from tests.support import free_port, http_status, stop_group
 
 
 @pytest.fixture(scope="module")
@@ -47,31 +40,34 @@ def _assert_nothing_served(stack: Stack) -> None:
 
 
 @pytest.mark.slow
-def test_wrong_credentials_stop_start_up(
-    stack_factory: StackFactory, strict_s3_endpoint: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("case", "bucket", "refusal"),
+    [
+        ("wrong-credentials", "drills", "InvalidAccessKeyId"),
+        ("missing-bucket", "no-such-bucket", "NoSuchBucket"),
+    ],
+    ids=["wrong-credentials", "missing-bucket"],
+)
+def test_a_store_that_refuses_stops_start_up(
+    case: str,
+    bucket: str,
+    refusal: str,
+    stack_factory: StackFactory,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
-    url = f"s3://drills/app?endpoint={strict_s3_endpoint}&region=us-east-1"
+    if case == "wrong-credentials":
+        endpoint: str = request.getfixturevalue("strict_s3_endpoint")
+    else:
+        endpoint = request.getfixturevalue("s3_server").endpoint
+    url = f"s3://{bucket}/app?endpoint={endpoint}&region=us-east-1"
     stack = stack_factory(tmp_path / "data", replica_url=url, wait=False)
     code, seconds = _failed_start(stack)
     logs = stack.logs()
-    record_figures("bad-replica", case="wrong-credentials", exit=code, gave_up_after_ms=round(seconds * 1000))
+    record_figures("bad-replica", case=case, exit=code, gave_up_after_ms=round(seconds * 1000))
     assert code != 0
     # The writer lease is the first thing start-up asks of the replica: the store's refusal is named.
-    assert "InvalidAccessKeyId" in logs and "not starting" in logs, logs
-    _assert_nothing_served(stack)
-
-
-@pytest.mark.slow
-def test_missing_bucket_stops_start_up(
-    stack_factory: StackFactory, s3_server: S3Server, tmp_path: Path
-) -> None:
-    url = f"s3://no-such-bucket/app?endpoint={s3_server.endpoint}&region=us-east-1"
-    stack = stack_factory(tmp_path / "data", replica_url=url, wait=False)
-    code, seconds = _failed_start(stack)
-    logs = stack.logs()
-    record_figures("bad-replica", case="missing-bucket", exit=code, gave_up_after_ms=round(seconds * 1000))
-    assert code != 0
-    assert "NoSuchBucket" in logs and "not starting" in logs, logs
+    assert refusal in logs and "not starting" in logs, logs
     _assert_nothing_served(stack)
 
 
@@ -112,10 +108,8 @@ def test_invalid_replica_url_is_named(
 
 
 @pytest.mark.slow
-def test_missing_credentials_are_named(stack_factory: StackFactory, replica_url: str, tmp_path: Path) -> None:
-    stack = stack_factory(
-        tmp_path / "data", replica_url=replica_url, wait=False, extra_env={"AWS_SECRET_ACCESS_KEY": ""}
-    )
+def test_missing_credentials_are_named(machine: Machine) -> None:
+    stack = machine.start(wait=False, extra_env={"AWS_SECRET_ACCESS_KEY": ""})
     code, _ = _failed_start(stack, timeout=20)
     assert code != 0
     assert "AWS_SECRET_ACCESS_KEY is not set" in stack.logs()
@@ -123,17 +117,14 @@ def test_missing_credentials_are_named(stack_factory: StackFactory, replica_url:
 
 
 @pytest.mark.slow
-def test_unreachable_store_with_a_local_database_is_not_served(
-    s3_server: S3Server, stack_factory: StackFactory, replica_url: str, tmp_path: Path
-) -> None:
+def test_unreachable_store_with_a_local_database_is_not_served(s3_server: S3Server, machine: Machine) -> None:
     # Where the local database stands against the replica cannot be known while the store is
     # unreachable (and Litestream could not take it over either), so start-up gives up instead.
-    data = tmp_path / "data"
-    first = stack_factory(data, replica_url=replica_url)
+    first = machine.start()
     assert first.terminate() == 0, first.logs()
     s3_server.stop()
     try:
-        stack = stack_factory(data, replica_url=replica_url, wait=False, extra_env={"RESTORE_TIMEOUT": "3"})
+        stack = machine.start(wait=False, extra_env={"RESTORE_TIMEOUT": "3"})
         code, seconds = _failed_start(stack)
     finally:
         s3_server.start()

@@ -1,19 +1,27 @@
 """Drill: a worker that cannot start exits (metrics port taken), and SIGHUP reloads under load."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import ROOT, base_env, record_figures, tool, wait_until
-from tests.drills.hardening import Prober, start_gunicorn, stop
-from tests.support import free_port, wait_for_status
+from tests.drills.hardening import Prober
+from tests.drills.stack import base_env, record_figures, tool
+from tests.support import (
+    ROOT,
+    child_pids,
+    free_port,
+    killed_at_exit,
+    put_birthday,
+    start_gunicorn,
+    stop,
+    wait_for_status,
+    wait_until,
+)
 
 
 def test_gunicorn_exits_with_the_boot_error_code_when_the_metrics_port_is_taken(tmp_path: Path) -> None:
@@ -23,13 +31,9 @@ def test_gunicorn_exits_with_the_boot_error_code_when_the_metrics_port_is_taken(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         started = time.monotonic()
-        process, _ = start_gunicorn(database, log_path, METRICS_PORT=str(taken.getsockname()[1]))
-        try:
+        settings = {"DATABASE_PATH": str(database), "METRICS_PORT": str(taken.getsockname()[1])}
+        with killed_at_exit(start_gunicorn(free_port(), log_path, **settings)) as process:
             code = process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
         seconds = time.monotonic() - started
     log = log_path.read_text()
     record_figures("boot-failure-gunicorn", exit_code=code, seconds_to_exit=f"{seconds:.2f}")
@@ -67,38 +71,28 @@ def test_python_m_service_exits_non_zero_when_the_metrics_port_is_taken(tmp_path
     assert any(e["message"] == "database closed" for e in entries)
 
 
-def _worker_pids(master: int) -> set[int]:
-    children = Path(f"/proc/{master}/task/{master}/children")
-    return {int(pid) for pid in children.read_text().split()} if children.exists() else set()
-
-
 @pytest.mark.slow
 def test_sighup_reloads_without_a_failed_request(tmp_path: Path) -> None:
-    process, port = start_gunicorn(tmp_path / "hello.db", tmp_path / "gunicorn.log")
+    port = free_port()
+    process = start_gunicorn(port, tmp_path / "gunicorn.log", DATABASE_PATH=str(tmp_path / "hello.db"))
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_status(f"{base}/readyz")
-        request = urllib.request.Request(
-            f"{base}/hello/Probe",
-            data=b'{"dateOfBirth": "1990-01-01"}',
-            method="PUT",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert response.status == 204
-        old_workers = _worker_pids(process.pid)
+        assert put_birthday(base, "Probe", "1990-01-01") == 204
+        old_workers = set(child_pids(process.pid))
         assert len(old_workers) == 1
+
+        def replaced() -> bool:
+            workers = set(child_pids(process.pid))
+            return bool(workers) and not workers & old_workers
+
         with Prober([f"{base}/hello/Probe", f"{base}/readyz"], max_requests=1500, max_seconds=12) as probe:
-            time.sleep(1.5)
+            time.sleep(1.5)  # pacing: probes of the running worker before the reload
             hup_at = time.monotonic()
             process.send_signal(signal.SIGHUP)
-            wait_until(
-                lambda: bool(_worker_pids(process.pid)) and not (_worker_pids(process.pid) & old_workers),
-                timeout=30,
-                what="the old worker to be replaced",
-            )
+            wait_until(replaced, timeout=30, what="the old worker to be replaced")
             replaced_after = time.monotonic() - hup_at
-            time.sleep(2.0)
+            time.sleep(2.0)  # pacing: probes of the new worker after the reload
         assert process.poll() is None, "gunicorn exited on SIGHUP"
         wait_for_status(f"{base}/readyz")
         api = probe.statuses("/hello/")

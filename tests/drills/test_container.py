@@ -5,7 +5,7 @@ a root-owned empty folder as its volume (as Fly mounts one), write a user, stop 
 `docker stop` and Fly's kill_signal do) and check it exits 0, then start a new container on a new empty
 volume: start.sh restores the user from the replica, and the service answers for it.
 
-The S3 store is the moto server from tests/drills/conftest.py on 127.0.0.1; the containers use the
+The S3 store is the moto server of tests/drills/conftest.py on 127.0.0.1; the containers use the
 host's network so that they reach it, and bind every port to 127.0.0.1.
 
 Needs a Docker engine. Where none answers the drill skips, unless REQUIRE_DOCKER=1 (CI sets it in
@@ -27,8 +27,8 @@ from typing import NoReturn
 
 import pytest
 
-from tests.drills.conftest import ROOT, S3Server, put_birthday, record_figures, wait_until
-from tests.support import free_port, http_status
+from tests.drills.stack import S3Server, record_figures
+from tests.support import ROOT, free_port, http_status, put_birthday, wait_until
 
 IMAGE = "hello-birthday:drill"
 LOCAL_BASE = "local/python:bookworm"
@@ -136,7 +136,7 @@ class Container:
                 raise AssertionError(f"container {self.name} exited:\n{self.logs()}")
             if http_status(self.url("/readyz"), timeout=1.0) == 200:
                 return
-            time.sleep(0.1)
+            time.sleep(0.1)  # polling: until ready, or the container exits
         raise AssertionError(f"container {self.name} was not ready within {timeout} s:\n{self.logs()}")
 
 

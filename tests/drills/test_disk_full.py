@@ -11,27 +11,26 @@ missing from it (must be 0).
 """
 
 import re
-import threading
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import (
-    StackFactory,
+from tests.drills.stack import StackFactory, record_figures, restored_usernames
+from tests.support import (
+    ClientThreads,
+    Tmpfs,
+    http_status,
     put_birthday,
-    record_figures,
-    restore_replica,
+    require_root_for_tmpfs,
     username,
     usernames,
+    wait_until,
 )
-from tests.support import Tmpfs, require_root_for_tmpfs
 
 # Every loop is bounded in count and in time.
 _MAX_REQUESTS = 60_000
@@ -41,31 +40,22 @@ _AFTER_GROWTH_SECONDS = 5.0
 
 
 @dataclass
-class _Load:
+class _Load(ClientThreads):
     """PUTs of new users from a few threads, each answer recorded with its time."""
 
     base_url: str
     threads: int = 4
     answers: list[tuple[float, int, str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _workers: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> None:
-        deadline = time.monotonic() + _MAX_SECONDS
-        for index in range(self.threads):
-            worker = threading.Thread(target=self._run, args=(index, deadline), daemon=True)
-            worker.start()
-            self._workers.append(worker)
+        self._start_clients(self.threads, _MAX_SECONDS)
 
     def stop(self) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=15)
+        self._stop_clients(timeout=15)
 
-    def _run(self, index: int, deadline: float) -> None:
+    def _client(self, index: int, deadline: float) -> None:
         number = 0
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while not self._stopping.is_set() and time.monotonic() < deadline:
             name = username(number * self.threads + index, prefix="d")
             number += 1
             if number * self.threads > _MAX_REQUESTS:
@@ -87,15 +77,6 @@ class _Load:
     def acknowledged(self) -> set[str]:
         with self._lock:
             return {name for _, status, name in self.answers if status == 204}
-
-
-def _wait_for(check: Callable[[], float | None], timeout: float, what: str) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (found := check()) is not None:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(what)
 
 
 def _metric(text: str, name: str) -> float | None:
@@ -127,13 +108,15 @@ def _drill(stack_factory: StackFactory, tmp_path: Path, disk: Tmpfs) -> None:
     load = _Load(stack.base_url)
     load.start()
     try:
-        full_at = _wait_for(lambda: load.first(507), 60, "the 3 MiB disk did not fill within 60 s")
-        time.sleep(_FULL_FOR_SECONDS)
+        wait_until(lambda: load.first(507) is not None, 60, "the 3 MiB disk did not fill")
+        full_at = load.first(507)
+        assert full_at is not None
+        time.sleep(_FULL_FOR_SECONDS)  # the point: clients go on for a while against the full disk
         with urllib.request.urlopen(metrics_url, timeout=5) as response:
             while_full = response.read().decode()
         with urllib.request.urlopen(stack.url("/readyz"), timeout=5) as response:
             ready_while_full = (response.status, response.read().decode())
-        get_while_full = _get_status(stack.url(f"/hello/{next(iter(load.acknowledged()))}"))
+        get_while_full = http_status(stack.url(f"/hello/{next(iter(load.acknowledged()))}"), timeout=5)
         disk.grow("256m")
         grown_at, grown_wall = time.monotonic(), datetime.now(UTC)
         least_free = disk.free_bytes()
@@ -141,12 +124,12 @@ def _drill(stack_factory: StackFactory, tmp_path: Path, disk: Tmpfs) -> None:
         while time.monotonic() - grown_at < 60 and recovered_at is None:
             least_free = min(least_free, disk.free_bytes())
             recovered_at = load.first(204, after=grown_at)
-            time.sleep(0.05)
+            time.sleep(0.05)  # sampling the free space while waiting for the first 204
         assert recovered_at is not None, "no write was acknowledged within 60 s of the disk growing"
         end = time.monotonic() + _AFTER_GROWTH_SECONDS
         while time.monotonic() < end:
             least_free = min(least_free, disk.free_bytes())
-            time.sleep(0.05)
+            time.sleep(0.05)  # sampling: the WAL must not take the space back meanwhile
     finally:
         load.stop()
     statuses = load.statuses()
@@ -165,9 +148,7 @@ def _drill(stack_factory: StackFactory, tmp_path: Path, disk: Tmpfs) -> None:
     assert stack.terminate() == 0, log[-4000:]
     acknowledged = load.acknowledged()
     on_disk = usernames(stack.database_path)
-    restored_path = tmp_path / "restored.db"
-    restore_replica(f"file://{replica}", restored_path)
-    restored = usernames(restored_path)
+    restored = restored_usernames(f"file://{replica}", tmp_path / "restored.db")
 
     figures = {
         "statuses": dict(sorted(statuses.items())),
@@ -202,12 +183,3 @@ def _drill(stack_factory: StackFactory, tmp_path: Path, disk: Tmpfs) -> None:
     assert "Traceback" not in log
     assert not acknowledged - on_disk
     assert not acknowledged - restored, f"{len(acknowledged - restored)} acknowledged writes missing"
-
-
-def _get_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code

@@ -31,29 +31,25 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import (
-    Relay,
+from tests.drills.stack import (
+    RelayFactory,
     S3Server,
     Stack,
     StackFactory,
     WriteLoad,
-    child_pids,
+    killed_under_write_load,
     record_figures,
-    restore_replica,
-    usernames,
+    restored_usernames,
+    under_write_load,
+    wait_lease_lapsed,
 )
-from tests.support import http_status
+from tests.support import child_pids, http_status, integrity, metrics_text, usernames, wait_until
 
 TTL = 6
-
-
-def _replica_url(s3_server: S3Server, prefix: str, relay: Relay) -> str:
-    return f"s3://{s3_server.bucket}/{prefix}?endpoint=http://127.0.0.1:{relay.port}&region=us-east-1"
 
 
 class LeaseWatch:
@@ -116,7 +112,7 @@ def _take_over(stack_factory: StackFactory, data: Path, replica_url: str) -> Sta
         while stack.process.poll() is None:
             if http_status(stack.url("/readyz"), timeout=1.0) == 200:
                 return stack
-            time.sleep(0.1)
+            time.sleep(0.1)  # polling: until B answers or exits
         logs = stack.logs()
         assert time.monotonic() < give_up, f"B never took the lease over:\n{logs}"
         if "Connection in use" in logs:
@@ -124,40 +120,12 @@ def _take_over(stack_factory: StackFactory, data: Path, replica_url: str) -> Sta
             # can land on it): start B again on another one, as a platform would restart it.
             continue
         assert "another writer holds" in logs, logs
-        time.sleep(1.0)
+        time.sleep(1.0)  # pacing: the platform restarts a refused machine a second later
 
 
 def _root_generation_keys(s3_server: S3Server, prefix: str) -> set[str]:
     """The LTX files of the root generation (A's): whatever A uploads after B took over lands there."""
     return {key for key in s3_server.keys(prefix) if key.endswith(".ltx") and "/generations/" not in key}
-
-
-def _integrity(database: Path) -> str:
-    import pysqlite3.dbapi2 as sqlite
-
-    connection = sqlite.connect(f"file:{database}?mode=ro", uri=True)
-    try:
-        return str(connection.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        connection.close()
-
-
-@pytest.fixture
-def relays(s3_server: S3Server) -> Iterator[Callable[[], Relay]]:
-    made: list[Relay] = []
-
-    def make() -> Relay:
-        relay = Relay(s3_server.moto_port)
-        relay.open()
-        made.append(relay)
-        return relay
-
-    try:
-        yield make
-    finally:
-        for relay in made:
-            relay.heal()
-            relay.close()
 
 
 @pytest.mark.slow
@@ -166,22 +134,20 @@ def test_a_cut_off_or_frozen_writer_never_acknowledges_beside_the_next(
     fault: str,
     s3_server: S3Server,
     stack_factory: StackFactory,
-    relays: Callable[[], Relay],
+    relays: RelayFactory,
     tmp_path: Path,
 ) -> None:
     prefix = f"fenced-{fault}-{tmp_path.name}"
     relay_a, relay_b = relays(), relays()
     data_a, data_b = tmp_path / "a", tmp_path / "b"
-    url_a, url_b = _replica_url(s3_server, prefix, relay_a), _replica_url(s3_server, prefix, relay_b)
+    url_a, url_b = s3_server.replica_url(prefix, relay_a), s3_server.replica_url(prefix, relay_b)
     env = {"WRITER_LEASE_TTL": str(TTL)}
     a = stack_factory(data_a, replica_url=url_a, extra_env=env)
 
     with LeaseWatch(s3_server, prefix) as watch:
-        load_a = WriteLoad(
-            a.base_url, threads=2, pause=0.005, max_requests=40_000, max_seconds=60, prefix="a"
-        )
-        with load_a:
-            time.sleep(2.0)
+        with under_write_load(
+            a, threads=2, pause=0.005, max_requests=40_000, max_seconds=60, prefix="a"
+        ) as load_a:
             began = time.monotonic()
             pids = _stack_processes(a)
             if fault.startswith("partition"):
@@ -191,15 +157,17 @@ def test_a_cut_off_or_frozen_writer_never_acknowledges_beside_the_next(
             b = _take_over(stack_factory, data_b, url_b)
             took_over_after = time.monotonic() - began
             in_a_generation = _root_generation_keys(s3_server, prefix)
-            metrics_b = _metrics_text(b.env["METRICS_PORT"])
-            with WriteLoad(
-                b.base_url, threads=2, pause=0.005, max_requests=20_000, max_seconds=30, prefix="b"
+            metrics_b = metrics_text(b.env["METRICS_PORT"])
+            # B takes writes for a while (the warm-up) before A comes back.
+            with under_write_load(
+                b, 3.0, threads=2, pause=0.005, max_requests=20_000, max_seconds=30, prefix="b"
             ) as load_b:
-                time.sleep(3.0)
                 if fault.startswith("partition"):
                     relay_a.heal(deliver=fault == "partition-delivered")
                 else:
                     _signal_all(pids, signal.SIGCONT)
+                # The point: A is back (its held requests delivered, or its processes resumed) for
+                # long enough to acknowledge anything it still would; it must not.
                 time.sleep(4.0)
         a_wrote_after_takeover = len(_root_generation_keys(s3_server, prefix) - in_a_generation)
         a_holder = str(data_a / "hello.db")
@@ -211,17 +179,14 @@ def test_a_cut_off_or_frozen_writer_never_acknowledges_beside_the_next(
     # B stops gracefully: its final sync, then the replica must hold every write it acknowledged.
     assert b.terminate() == 0, b.logs()
     stack_b_copy = tmp_path / "after-b.db"
-    restore_replica(url_b, stack_b_copy)
-    missing_b = set(load_b.acknowledged) - usernames(stack_b_copy)
-    integrity = _integrity(stack_b_copy)
+    missing_b = set(load_b.acknowledged) - restored_usernames(url_b, stack_b_copy)
+    integrity_b = integrity(stack_b_copy)
 
     # A's volume comes back: the lineage path sets it aside and re-applies its newer rows.
     a.kill()
     again = stack_factory(data_a, replica_url=url_a, extra_env=env)
     assert again.terminate() == 0, again.logs()
-    final_copy = tmp_path / "final.db"
-    restore_replica(url_a, final_copy)
-    final = usernames(final_copy)
+    final = restored_usernames(url_a, tmp_path / "final.db")
     missing_a = set(load_a.acknowledged) - final
     missing_b_final = set(load_b.acknowledged) - final
 
@@ -235,7 +200,7 @@ def test_a_cut_off_or_frozen_writer_never_acknowledges_beside_the_next(
         a_objects_written_to_its_generation_after_takeover=a_wrote_after_takeover,
         b_acknowledged=len(load_b.acknowledged),
         b_missing_when_b_stops=len(missing_b),
-        replica_integrity=integrity,
+        replica_integrity=integrity_b,
         missing_after_a_returns=len(missing_a) + len(missing_b_final),
     )
     assert "writing generation" in b.logs(), b.logs()
@@ -246,7 +211,7 @@ def test_a_cut_off_or_frozen_writer_never_acknowledges_beside_the_next(
     assert load_a.acknowledged and load_b.acknowledged
     assert not late, f"A acknowledged {len(late)} writes after its lease could pass"
     assert not missing_b, f"{len(missing_b)} of B's acknowledged writes are missing from the replica"
-    assert integrity == "ok"
+    assert integrity_b == "ok"
     assert not missing_a and not missing_b_final, (len(missing_a), len(missing_b_final))
 
 
@@ -259,10 +224,8 @@ def test_a_machine_refused_while_another_writes_still_delivers_its_rows(
     replica_url = s3_server.replica_url(f"stranded-{tmp_path.name}")
     lease = {"WRITER_LEASE_TTL": "3"}  # B merges deliveries once per TTL
     a = stack_factory(tmp_path / "a", replica_url=replica_url, extra_env=lease)
-    with WriteLoad(a.base_url, threads=4, max_requests=20000, max_seconds=10, prefix="a") as load:
-        time.sleep(2.0)
-        a.kill()
-    time.sleep(3.5)  # A's lease lapses
+    load = killed_under_write_load(a, prefix="a")
+    wait_lease_lapsed(s3_server, replica_url)
     b = stack_factory(tmp_path / "b", replica_url=replica_url, extra_env=lease)
     with WriteLoad(
         b.base_url, threads=2, pause=0.01, max_requests=5000, max_seconds=30, prefix="b"
@@ -273,14 +236,12 @@ def test_a_machine_refused_while_another_writes_still_delivers_its_rows(
         merged_metric = 0.0
         while time.monotonic() - began < 20 and merged_metric == 0:
             merged_metric = _metric(b.env["METRICS_PORT"], 'hello_set_aside_merged{kind="rows_written"}')
-            time.sleep(0.2)
+            time.sleep(0.2)  # polling: until B has merged A's rows
         merged_after = time.monotonic() - began
         again = stack_factory(tmp_path / "a", replica_url=replica_url, extra_env=lease, wait=False)
         again_code = again.process.wait(timeout=60)
     assert b.terminate() == 0, b.logs()
-    copy = tmp_path / "restored.db"
-    restore_replica(replica_url, copy)
-    restored = usernames(copy)
+    restored = restored_usernames(replica_url, tmp_path / "restored.db")
     lost_a = set(load.acknowledged) - restored
     lost_b = set(load_b.acknowledged) - restored
     delivered = s3_server.keys(f"stranded-{tmp_path.name}/merged")
@@ -303,21 +264,10 @@ def test_a_machine_refused_while_another_writes_still_delivers_its_rows(
     assert len(delivered) == 1 and not s3_server.keys(f"stranded-{tmp_path.name}/set-aside")
 
 
-def _metrics_text(port: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text: str = response.read().decode()
-        return text
-
-
 def _metric(port: str, series: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(series + " "):
-                return float(line.split()[-1])
+    for line in metrics_text(port).splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
     return 0.0
 
 
@@ -325,24 +275,23 @@ def _metric(port: str, series: str) -> float:
 def test_a_restore_longer_than_the_lease_keeps_one_writer_at_a_time(
     s3_server: S3Server,
     stack_factory: StackFactory,
-    relays: Callable[[], Relay],
+    relays: RelayFactory,
     tmp_path: Path,
 ) -> None:
     """The lease is renewed from the moment it is taken: a slow restore (here 3+ TTLs, through a
     throttled relay) does not let a second stack, trying all along, take it."""
     prefix = f"boot-lapse-{tmp_path.name}"
     relay_a, relay_b = relays(), relays()
-    url_a, url_b = _replica_url(s3_server, prefix, relay_a), _replica_url(s3_server, prefix, relay_b)
+    url_a, url_b = s3_server.replica_url(prefix, relay_a), s3_server.replica_url(prefix, relay_b)
     env = {"WRITER_LEASE_TTL": "3"}
     seed = stack_factory(tmp_path / "seed", replica_url=url_a, extra_env=env)
     with WriteLoad(seed.base_url, threads=4, max_requests=8000, max_seconds=20, prefix="s") as load:
-        while len(load.acknowledged) < 8000 and load.sent < 8000:
-            time.sleep(0.2)
+        wait_until(lambda: len(load.acknowledged) >= 8000 or load.sent >= 8000, 60, "8000 writes sent")
     assert seed.terminate() == 0, seed.logs()  # releases the lease
 
     relay_a.pause_per_chunk = 0.1  # about 40 KB/s: the restore takes several TTLs
     a = stack_factory(tmp_path / "a", replica_url=url_a, extra_env=env, wait=False)
-    wait_until_logged(a, "restoring from")
+    a.wait_logged("restoring from")
     began = time.monotonic()
     attempts = refused = 0
     while http_status(a.url("/readyz"), timeout=1.0) != 200:
@@ -352,7 +301,7 @@ def test_a_restore_longer_than_the_lease_keeps_one_writer_at_a_time(
         code = b.process.wait(timeout=60)
         refused += code != 0 and "another writer holds" in b.logs()
         assert code != 0, f"a second writer started while A was restoring:\n{b.logs()}"
-        time.sleep(0.5)
+        time.sleep(0.5)  # pacing: B is tried again every half second all along
     restore_seconds = time.monotonic() - began
     relay_a.pause_per_chunk = 0.0
     late = stack_factory(tmp_path / "b", replica_url=url_b, extra_env=env, wait=False)
@@ -371,10 +320,3 @@ def test_a_restore_longer_than_the_lease_keeps_one_writer_at_a_time(
     assert refused == attempts >= 3
     assert late_code != 0
     assert set(load.acknowledged) <= restored
-
-
-def wait_until_logged(stack: Stack, text: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in stack.logs():
-        assert stack.process.poll() is None and time.monotonic() < deadline, stack.logs()
-        time.sleep(0.02)

@@ -22,7 +22,7 @@ from service.stack.lease import (
     volume_lock,
 )
 from service.stack.replica import S3Replica, generation_at, generation_url, is_tigris, parse_s3_url
-from tests.drills.conftest import CREDENTIALS, S3Server
+from tests.drills.stack import CREDENTIALS, S3Server, wait_lease_lapsed
 
 
 def _holder(machine: str, database: str = "/data/hello.db") -> Holder:
@@ -65,7 +65,7 @@ def test_a_lease_that_is_not_renewed_lapses(s3_server: S3Server, tmp_path: Path)
     late = _lease(s3_server, prefix, _holder("machine-b"), ttl=1)
     with pytest.raises(LeaseHeld):
         late.acquire()
-    time.sleep(2.5)  # Last-Modified has a resolution of one second
+    wait_lease_lapsed(s3_server, s3_server.replica_url(prefix))
     assert "lapsed" in late.acquire()
     # The stalled writer learns at its next renewal that it is no longer the writer.
     with pytest.raises(LeaseLost, match="now held by machine machine-b"):
@@ -105,7 +105,7 @@ def test_the_deadline_counts_from_when_the_last_write_was_sent(s3_server: S3Serv
     lease.acquire()
     after = now()
     assert before + 30 - lease_margin(30) <= lease.deadline() <= after + 30 - lease_margin(30)
-    time.sleep(0.2)
+    time.sleep(0.2)  # the point: the renewal's deadline counts from a later write
     lease.renew()
     assert lease.deadline() >= after + 0.2 + 30 - lease_margin(30)
     lease.release()
@@ -122,7 +122,7 @@ def test_a_renewal_whose_answer_was_lost_writes_again_and_never_adopts_the_etag(
     client = s3_server.client()
     key = f"{prefix}/writer-lease.json"
     body = client.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read()
-    time.sleep(1.1)  # a new Last-Modified
+    time.sleep(1.1)  # the point: a new Last-Modified (it has a resolution of one second)
     lost_answer = client.put_object(Bucket=s3_server.bucket, Key=key, Body=body)["ETag"]
     sent = now()
     lease.renew()
@@ -145,7 +145,7 @@ def test_a_store_that_sends_no_date_never_makes_a_lease_look_fresh_forever(
         parsed.get("ResponseMetadata", {}).get("HTTPHeaders", {}).pop("date", None)
 
     late.replica.client.meta.events.register("after-call.s3.GetObject", drop_date)
-    time.sleep(2.5)  # Last-Modified has a resolution of one second
+    wait_lease_lapsed(s3_server, s3_server.replica_url(prefix))
     assert "lapsed" in late.acquire()
 
 
@@ -224,7 +224,8 @@ def test_a_takeover_from_a_lapsed_holder_starts_a_generation_and_a_release_keeps
     first = _lease(s3_server, prefix, _holder("machine-a"), ttl=1)
     first.acquire()
     assert first.generation == first.previous_generation == "", "a new lease writes the root"
-    time.sleep(2.5)  # first lapses (it may still be running: a partition, a freeze)
+    # The first lapses (it may still be running: a partition, a freeze).
+    wait_lease_lapsed(s3_server, s3_server.replica_url(prefix))
     second = _lease(s3_server, prefix, _holder("machine-b"), ttl=1)
     assert "writing generation" in second.acquire()
     assert second.previous_generation == "" and second.generation

@@ -20,25 +20,17 @@ from pathlib import Path
 import pytest
 
 from service.birthdays import greeting
-from tests.drills.conftest import (
-    Relay,
+from tests.drills.stack import (
+    RelayFactory,
     S3Server,
     StackFactory,
-    WriteLoad,
-    birthdays,
-    get_birthday,
-    put_birthday,
+    killed_under_write_load,
     record_figures,
-    restore_replica,
-    usernames,
+    restored_birthdays,
+    restored_usernames,
+    wait_lease_lapsed,
 )
-from tests.support import http_status
-
-
-def _replica(kind: str, s3_server: S3Server, tmp_path: Path, name: str) -> str:
-    if kind == "s3":
-        return s3_server.replica_url(f"{name}-{tmp_path.name}")
-    return f"file://{tmp_path / 'replica'}"
+from tests.support import child_pids, get_birthday, metrics_text, put_birthday
 
 
 def _served(base_url: str, expected: dict[str, str]) -> dict[str, str]:
@@ -54,11 +46,10 @@ def _served(base_url: str, expected: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["s3", "file"])
 def test_old_volume_coming_back_serves_and_keeps_the_newest_state(
-    kind: str, s3_server: S3Server, stack_factory: StackFactory, tmp_path: Path
+    s3_or_file_replica: str, stack_factory: StackFactory, tmp_path: Path
 ) -> None:
-    replica_url = _replica(kind, s3_server, tmp_path, "old-volume")
+    replica_url = s3_or_file_replica
     data = tmp_path / "data"
     stack = stack_factory(data, replica_url=replica_url)
     first = {f"Old{chr(65 + i // 26)}{chr(97 + i % 26)}": "1980-01-15" for i in range(50)}
@@ -84,16 +75,15 @@ def test_old_volume_coming_back_serves_and_keeps_the_newest_state(
     ready_after = time.monotonic() - began
     wrong = _served(stack.base_url, newest)
     logs = stack.logs()
-    metrics = _metric_lines(stack.env["METRICS_PORT"], "hello_boot_")
+    boot_lines = metrics_text(stack.env["METRICS_PORT"]).splitlines()
+    metrics = "\n".join(line for line in boot_lines if line.startswith("hello_boot_"))
     assert stack.terminate() == 0, logs
-    copy = tmp_path / "restored.db"
-    restore_replica(replica_url, copy)
-    restored = birthdays(copy)
+    restored = restored_birthdays(replica_url, tmp_path / "restored.db")
     lost = {name for name, born in newest.items() if restored.get(name) != born}
     set_aside = sorted(path.name for path in data.glob("hello.db.set-aside-*[0-9Z]"))
     record_figures(
         "old-volume",
-        replica=kind,
+        replica=replica_url.split(":")[0],
         acknowledged=len(newest),
         wrong_answers=len(wrong),
         lost_after_restore=len(lost),
@@ -108,11 +98,10 @@ def test_old_volume_coming_back_serves_and_keeps_the_newest_state(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["s3", "file"])
 def test_diverged_volume_coming_back_loses_nothing_from_either_machine(
-    kind: str, s3_server: S3Server, stack_factory: StackFactory, tmp_path: Path
+    s3_or_file_replica: str, s3_server: S3Server, stack_factory: StackFactory, tmp_path: Path
 ) -> None:
-    replica_url = _replica(kind, s3_server, tmp_path, "diverged")
+    replica_url = s3_or_file_replica
     volume_a, volume_b = tmp_path / "a", tmp_path / "b"
     # Another machine may take the writer lease once the dead one's has lapsed: a short lease keeps
     # the drill short (the default is 30 s).
@@ -120,13 +109,11 @@ def test_diverged_volume_coming_back_loses_nothing_from_either_machine(
     machine_a = stack_factory(volume_a, replica_url=replica_url, extra_env=lease)
     shared = {f"Both{chr(65 + i // 26)}{chr(97 + i % 26)}": "1970-02-10" for i in range(20)}
     assert all(put_birthday(machine_a.base_url, name, born) == 204 for name, born in shared.items())
-    with WriteLoad(machine_a.base_url, threads=4, max_requests=20000, max_seconds=10, prefix="a") as load:
-        time.sleep(2.0)
-        machine_a.kill()
+    load = killed_under_write_load(machine_a, prefix="a")
     written_by_a = dict.fromkeys(load.acknowledged, "1990-05-17") | shared
 
     # Machine B: a fresh volume, restored from the replica, which lacks A's last writes.
-    time.sleep(3.5)
+    wait_lease_lapsed(s3_server, replica_url)
     machine_b = stack_factory(volume_b, replica_url=replica_url, extra_env=lease)
     unsynced = {name for name in written_by_a if get_birthday(machine_b.base_url, name)[0] != 200}
     written_by_b = {f"Bee{chr(65 + i // 26)}{chr(97 + i % 26)}": "2001-09-09" for i in range(40)}
@@ -142,15 +129,13 @@ def test_diverged_volume_coming_back_loses_nothing_from_either_machine(
     wrong = _served(again.base_url, newest)
     logs = again.logs()
     assert again.terminate() == 0, logs
-    copy = tmp_path / "restored.db"
-    restore_replica(replica_url, copy)
-    restored = birthdays(copy)
+    restored = restored_birthdays(replica_url, tmp_path / "restored.db")
     lost_a = {name for name in written_by_a if restored.get(name) != newest[name]}
     lost_b = {name for name in written_by_b if restored.get(name) != written_by_b[name]}
     reapplied = re.search(r"re-applied (\d+) of the (\d+) rows", logs)
     record_figures(
         "diverged-volume",
-        replica=kind,
+        replica=replica_url.split(":")[0],
         acknowledged_by_a=len(written_by_a),
         not_in_replica_when_a_died=len(unsynced),
         acknowledged_by_b=len(written_by_b),
@@ -167,72 +152,52 @@ def test_diverged_volume_coming_back_loses_nothing_from_either_machine(
     assert int(reapplied.group(1)) >= len(unsynced)
 
 
-def _metric_lines(port: str, prefix: str) -> str:
-    import urllib.request
-
-    assert http_status(f"http://127.0.0.1:{port}/metrics") == 200
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text: str = response.read().decode()
-    return "\n".join(line for line in text.splitlines() if line.startswith(prefix))
-
-
 @pytest.mark.slow
 def test_a_stack_killed_between_restore_and_first_sync_still_reapplies_the_rows(
-    s3_server: S3Server, stack_factory: StackFactory, tmp_path: Path
+    s3_server: S3Server, stack_factory: StackFactory, relays: RelayFactory, tmp_path: Path
 ) -> None:
     """The re-apply list survives a crash after the restore: the next boot sets the restored copy aside
     too, adds it to the list (never overwriting it), and the first set-aside rows still arrive."""
-    relay = Relay(s3_server.moto_port)
-    relay.open()
-    try:
-        prefix = f"marker-crash-{tmp_path.name}"
-        replica_url = (
-            f"s3://{s3_server.bucket}/{prefix}?endpoint=http://127.0.0.1:{relay.port}&region=us-east-1"
-        )
-        volume_a, volume_b = tmp_path / "a", tmp_path / "b"
-        lease = {"WRITER_LEASE_TTL": "3"}
-        machine_a = stack_factory(volume_a, replica_url=replica_url, extra_env=lease)
-        with WriteLoad(machine_a.base_url, threads=4, max_requests=20000, max_seconds=10, prefix="a") as load:
-            time.sleep(2.0)
-            machine_a.kill()
-        time.sleep(3.5)  # A's lease lapses
-        machine_b = stack_factory(volume_b, replica_url=replica_url, extra_env=lease)
-        unsynced = {name for name in load.acknowledged if get_birthday(machine_b.base_url, name)[0] != 200}
-        assert put_birthday(machine_b.base_url, "Beeafter") == 204
-        assert machine_b.terminate() == 0, machine_b.logs()
+    relay = relays()
+    replica_url = s3_server.replica_url(f"marker-crash-{tmp_path.name}", relay)
+    volume_a, volume_b = tmp_path / "a", tmp_path / "b"
+    lease = {"WRITER_LEASE_TTL": "3"}
+    machine_a = stack_factory(volume_a, replica_url=replica_url, extra_env=lease)
+    load = killed_under_write_load(machine_a, prefix="a")
+    wait_lease_lapsed(s3_server, replica_url)
+    machine_b = stack_factory(volume_b, replica_url=replica_url, extra_env=lease)
+    unsynced = {name for name in load.acknowledged if get_birthday(machine_b.base_url, name)[0] != 200}
+    assert put_birthday(machine_b.base_url, "Beeafter") == 204
+    assert machine_b.terminate() == 0, machine_b.logs()
 
-        # A's volume comes back; it is killed after the restore, before Litestream's first sync.
-        crashing = stack_factory(volume_a, replica_url=replica_url, extra_env=lease, wait=False)
-        deadline = time.monotonic() + 60
-        while "restored " not in crashing.logs():
-            assert crashing.process.poll() is None and time.monotonic() < deadline, crashing.logs()
-            time.sleep(0.01)
-        relay.blackhole()  # the first sync cannot happen
-        time.sleep(0.5)
-        crashing.kill()
-        pending = (volume_a / ".hello.db.reapply-pending").read_text().splitlines()
-        relay.heal()
+    # A's volume comes back; it is killed after the restore, before Litestream's first sync.
+    crashing = stack_factory(volume_a, replica_url=replica_url, extra_env=lease, wait=False)
+    crashing.wait_logged("restored ")
+    relay.blackhole()  # the first sync cannot happen
+    crashing.wait_for(
+        lambda: any("litestream replicate" in line for line in child_pids(crashing.process.pid).values()),
+        "Litestream did not start after the restore",
+        timeout=30,
+    )
+    crashing.kill()
+    pending = (volume_a / ".hello.db.reapply-pending").read_text().splitlines()
+    relay.heal()
 
-        again = stack_factory(volume_a, replica_url=replica_url, extra_env=lease)
-        logs = again.logs()
-        assert again.terminate() == 0, logs
-        copy = tmp_path / "restored.db"
-        restore_replica(replica_url, copy)
-        restored = usernames(copy)
-        lost = set(load.acknowledged) - restored
-        record_figures(
-            "marker-crash",
-            acknowledged_by_a=len(load.acknowledged),
-            not_in_replica_when_a_died=len(unsynced),
-            listed_after_the_crash=len(pending),
-            set_aside_files=len(list(volume_a.glob("hello.db.set-aside-*[0-9Z]"))),
-            lost=len(lost),
-        )
-        assert unsynced, "machine A had no write outside the replica: the drill would prove nothing"
-        assert len(pending) == 1
-        assert not lost, f"{len(lost)} of A's acknowledged writes never arrived: {sorted(lost)[:5]}"
-        assert "Beeafter" in restored
-        assert not (volume_a / ".hello.db.reapply-pending").exists(), "the list is emptied once re-applied"
-    finally:
-        relay.heal()
-        relay.close()
+    again = stack_factory(volume_a, replica_url=replica_url, extra_env=lease)
+    logs = again.logs()
+    assert again.terminate() == 0, logs
+    restored = restored_usernames(replica_url, tmp_path / "restored.db")
+    lost = set(load.acknowledged) - restored
+    record_figures(
+        "marker-crash",
+        acknowledged_by_a=len(load.acknowledged),
+        not_in_replica_when_a_died=len(unsynced),
+        listed_after_the_crash=len(pending),
+        set_aside_files=len(list(volume_a.glob("hello.db.set-aside-*[0-9Z]"))),
+        lost=len(lost),
+    )
+    assert unsynced, "machine A had no write outside the replica: the drill would prove nothing"
+    assert len(pending) == 1
+    assert not lost, f"{len(lost)} of A's acknowledged writes never arrived: {sorted(lost)[:5]}"
+    assert "Beeafter" in restored
+    assert not (volume_a / ".hello.db.reapply-pending").exists(), "the list is emptied once re-applied"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import StackFactory, get_birthday, put_birthday
-from tests.support import http_status
+from tests.drills.stack import StackFactory
+from tests.support import get_birthday, http_status, put_birthday
 
 
 def _parse(text: str) -> list[dict[str, object]]:

@@ -8,31 +8,27 @@ bound asserted here, 2 s, leaves room for a loaded 2-core machine; the figure pr
 import re
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import StackFactory, WriteLoad, record_figures, usernames
+from tests.drills.stack import Machine, killed_under_write_load, record_figures
+from tests.support import usernames
 
 LOSS_WINDOW_SECONDS = 2.0
 
 
 @pytest.mark.slow
-def test_lost_machine_restores_all_but_the_last_second(
-    stack_factory: StackFactory, replica_url: str, tmp_path: Path
-) -> None:
-    data = tmp_path / "data"
-    stack = stack_factory(data, replica_url=replica_url)
-    with WriteLoad(stack.base_url, threads=4, max_requests=20000, max_seconds=10) as load:
-        time.sleep(3.0)
-        killed_at = time.monotonic()
-        stack.kill()
+def test_lost_machine_restores_all_but_the_last_second(machine: Machine) -> None:
+    stack = machine.start()
+    load = killed_under_write_load(stack, warm_up=3.0)
+    assert stack.killed_at is not None
+    killed_at = stack.killed_at
     acknowledged = dict(load.acknowledged)
     assert len(acknowledged) > 100, f"too little load to mean anything: {len(acknowledged)} writes"
 
-    shutil.rmtree(data)
+    shutil.rmtree(machine.data)
     began = time.monotonic()
-    again = stack_factory(data, replica_url=replica_url)
+    again = machine.start()
     ready_after = time.monotonic() - began
     restored = re.search(r"restored \S+ in (\d+) ms", again.logs())
     assert restored, f"the new machine did not restore:\n{again.logs()}"

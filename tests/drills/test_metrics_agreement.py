@@ -16,15 +16,14 @@ import json
 import re
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.drills.conftest import S3Server, StackFactory, get_birthday, put_birthday, wait_until
+from tests.drills.stack import Machine, S3Server
 from tests.promql import metric_names
+from tests.support import ROOT, get_birthday, put_birthday, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "ops" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "ops" / "grafana" / "hello-birthday.json"
 
@@ -149,10 +148,8 @@ def test_rules_and_dashboard_read_what_the_runbook_promises() -> None:
 
 
 @pytest.mark.slow
-def test_every_metric_in_the_rules_and_dashboard_is_exported(
-    tmp_path: Path, stack_factory: StackFactory, s3_server: S3Server, replica_url: str
-) -> None:
-    stack = stack_factory(tmp_path / "data", replica_url=replica_url)
+def test_every_metric_in_the_rules_and_dashboard_is_exported(machine: Machine) -> None:
+    stack = machine.start()
     metrics_url = f"http://127.0.0.1:{stack.env['METRICS_PORT']}/metrics"
     assert put_birthday(stack.base_url, "Alice") == 204
     assert get_birthday(stack.base_url, "Alice")[0] == 200
@@ -175,12 +172,12 @@ def test_every_metric_in_the_rules_and_dashboard_is_exported(
 
 @pytest.mark.slow
 def test_an_upload_outage_shows_as_the_replication_lag_alert_reads_it(
-    tmp_path: Path, stack_factory: StackFactory, s3_server: S3Server, replica_url: str
+    machine: Machine, s3_server: S3Server
 ) -> None:
     """LitestreamReplicationLag's premise, on the real Litestream: with the store away, the local
     transaction id rises while the PUT count stands still (Litestream 0.5.17 counts no failed upload);
     once the store is back, uploads resume."""
-    stack = stack_factory(tmp_path / "data", replica_url=replica_url)
+    stack = machine.start()
     metrics_url = f"http://127.0.0.1:{stack.env['METRICS_PORT']}/metrics"
 
     def txid() -> float:
@@ -202,7 +199,7 @@ def test_an_upload_outage_shows_as_the_replication_lag_alert_reads_it(
         for number in range(3):
             assert put_birthday(stack.base_url, f"Outage{chr(ord('a') + number)}") == 204
         wait_until(lambda: txid() > txid_before, timeout=15, what="the transaction id did not rise")
-        # Litestream tries to upload every second: three seconds without a PUT counted.
+        # The point: Litestream tries to upload every second, so three seconds without a PUT counted.
         time.sleep(3)
         assert puts() == puts_before
         errors = [

@@ -17,16 +17,15 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
-from tests.drills.conftest import child_pids, record_figures
 from tests.drills.load import PutThenGet, start_gunicorn_on_postgres
+from tests.drills.stack import record_figures
 from tests.pg_server import PostgresServer, postgres_server
-from tests.support import free_port, http_status, wait_for_status
+from tests.support import child_pids, free_port, http_status, wait_for_status, wait_until
 
 STATEMENT_TIMEOUT = 2.0
 # The longest any answer may take: the statement budget, plus the HTTP round trip and scheduling on a
@@ -36,7 +35,7 @@ CLIENT_TIMEOUT = 15.0
 OUTAGE_SECONDS = 3.0
 
 
-def start_gunicorn(url: str, port: int, log: BinaryIO) -> "subprocess.Popen[bytes]":
+def start_gunicorn(url: str, port: int, log: Path) -> "subprocess.Popen[bytes]":
     return start_gunicorn_on_postgres(
         url,
         port,
@@ -55,27 +54,21 @@ def server() -> Iterator[PostgresServer]:
         yield started
 
 
-def wait_until(condition: "object", timeout: float) -> float:
-    """Poll ``condition()`` until true; the seconds it took (fails after ``timeout``)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if condition():  # type: ignore[operator]
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout} s")
-
-
-def outage(load: PutThenGet, base_url: str, begin: "object", end: "object") -> tuple[float, float]:
+def outage(
+    load: PutThenGet, base_url: str, begin: Callable[[], object], end: Callable[[], object]
+) -> tuple[float, float]:
     """``begin()`` the outage; time to the first 503; ``end()`` it after a while; time to the first 204."""
     began = time.monotonic()
-    begin()  # type: ignore[operator]
-    first_503 = wait_until(lambda: any(a.status == 503 for a in load.since(began)), 10)
+    begin()
+    first_503 = wait_until(lambda: any(a.status == 503 for a in load.since(began)), 10, "a 503", 0.02)
     assert http_status(f"{base_url}/readyz", timeout=CLIENT_TIMEOUT) == 503
     assert http_status(f"{base_url}/healthz", timeout=CLIENT_TIMEOUT) == 200
-    time.sleep(OUTAGE_SECONDS)
-    end()  # type: ignore[operator]
+    time.sleep(OUTAGE_SECONDS)  # the point: the outage lasts this long
+    end()
     ended = time.monotonic()
-    recovery = wait_until(lambda: any(a.status == 204 and a.started >= ended for a in load.since(ended)), 30)
+    recovery = wait_until(
+        lambda: any(a.status == 204 and a.started >= ended for a in load.since(ended)), 30, "a 204", 0.02
+    )
     wait_for_status(f"{base_url}/readyz", 200, timeout=30)
     return first_503, recovery
 
@@ -94,16 +87,16 @@ def test_postgresql_down_and_frozen_answers_503_quickly_and_loses_no_acknowledge
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log = tmp_path / "gunicorn.log"
-    with log.open("ab") as output:
-        app = start_gunicorn(server.url(database), port, output)
+    app = start_gunicorn(server.url(database), port, log)
     load = PutThenGet(base_url, client_timeout=CLIENT_TIMEOUT, seconds=120.0)
     try:
         wait_for_status(f"{base_url}/readyz", 200, timeout=60)
+        started = time.monotonic()
         load.start()
-        time.sleep(1.5)
+        wait_until(lambda: load.successes_since(started) >= 50, 30, "the load to get going")
 
         stop_503, stop_recovery = outage(load, base_url, lambda: server.stop("fast"), server.start)
-        time.sleep(1.0)
+        time.sleep(1.0)  # pacing: a second of steady load between the two outages
         frozen = False
 
         def freeze() -> None:
@@ -121,7 +114,7 @@ def test_postgresql_down_and_frozen_answers_503_quickly_and_loses_no_acknowledge
         finally:
             if frozen:
                 thaw()
-        time.sleep(1.0)
+        time.sleep(1.0)  # pacing: a second of steady load after the last outage
     finally:
         load.stop()
         os.killpg(app.pid, signal.SIGTERM)

@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import (
-    RESTORE_SH,
-    StackFactory,
-    base_env,
-    put_birthday,
-    record_figures,
-    username,
-    usernames,
-)
+from tests.drills.stack import RESTORE_SH, Machine, base_env, record_figures, wait_replicated
+from tests.support import put_users, usernames
 
 
 def _restore(replica_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,22 +24,16 @@ def _restore(replica_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _write(base_url: str, prefix: str, count: int) -> set[str]:
-    names = {username(number, prefix=prefix) for number in range(count)}
-    assert all(put_birthday(base_url, name) == 204 for name in sorted(names))
-    return names
-
-
 @pytest.mark.slow
-def test_restore_latest_and_point_in_time(
-    stack_factory: StackFactory, replica_url: str, tmp_path: Path
-) -> None:
-    stack = stack_factory(tmp_path / "data", replica_url=replica_url)
-    first = _write(stack.base_url, "first", 20)
-    time.sleep(2.5)  # replicated, and clearly before the point in time
+def test_restore_latest_and_point_in_time(machine: Machine, replica_url: str, tmp_path: Path) -> None:
+    stack = machine.start()
+    first = put_users(stack.base_url, "first", 20)
+    wait_replicated(replica_url, first, tmp_path / "checks")
+    # The point in time is to the second: a second later, it is after the first batch's upload.
+    time.sleep(1.0)
     point_in_time = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.5)
-    second = _write(stack.base_url, "second", 15)
+    time.sleep(1.5)  # the point: the second batch comes clearly after the point in time
+    second = put_users(stack.base_url, "second", 15)
     assert stack.terminate() == 0, stack.logs()
 
     latest = tmp_path / "latest.db"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import StackFactory, WriteLoad, record_figures, restore_replica, usernames
-from tests.support import free_port
+from tests.drills.stack import StackFactory, record_figures, restored_usernames, under_write_load
+from tests.support import free_port, usernames
 
 
 @pytest.mark.slow
@@ -22,16 +22,14 @@ def test_rolling_replacement_under_load_loses_no_write(
     data = tmp_path / "data"
     port = free_port()
     old = stack_factory(data, replica_url=replica_url, port=port)
-    load = WriteLoad(old.base_url, threads=2, pause=0.02, max_requests=3000, max_seconds=25)
-    with load:
-        time.sleep(2.0)
+    with under_write_load(old, threads=2, pause=0.02, max_requests=3000, max_seconds=25) as load:
         stop_began = time.monotonic()
         assert old.terminate() == 0, old.logs()
         stopped_in = time.monotonic() - stop_began
         start_began = time.monotonic()
         new = stack_factory(data, replica_url=replica_url, port=port)
         started_in = time.monotonic() - start_began
-        time.sleep(2.0)
+        time.sleep(2.0)  # pacing: the load goes on against the new stack for two seconds
     assert load.sent < load.max_requests, "the load ran out before the new stack had served"
     after_restart = [at for at in load.acknowledged.values() if at > start_began + started_in]
     assert after_restart, "the new stack acknowledged no write"
@@ -39,9 +37,7 @@ def test_rolling_replacement_under_load_loses_no_write(
     assert new.terminate() == 0, new.logs()
     acknowledged = set(load.acknowledged)
     lost_on_disk = acknowledged - usernames(new.database_path)
-    copy = tmp_path / "replica.db"
-    restore_replica(replica_url, copy)
-    lost_in_replica = acknowledged - usernames(copy)
+    lost_in_replica = acknowledged - restored_usernames(replica_url, tmp_path / "replica.db")
     record_figures(
         "rolling",
         requests=load.sent,

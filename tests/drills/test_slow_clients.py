@@ -4,15 +4,23 @@ gunicorn process, while a second client measures GET latency."""
 import json
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import record_figures
-from tests.drills.hardening import Prober, start_gunicorn, stop
-from tests.support import raise_open_files_limit, wait_for_status
+from tests.drills.hardening import Prober
+from tests.drills.stack import record_figures
+from tests.support import (
+    free_port,
+    metrics_text,
+    put_birthday,
+    raise_open_files_limit,
+    start_gunicorn,
+    stop,
+    wait_for_status,
+    wait_until,
+)
 
 FLOOD_SOCKETS = 3000
 FLOOD_SECONDS = 20.0
@@ -25,15 +33,19 @@ def enough_open_files() -> Iterator[None]:
     yield from raise_open_files_limit(FLOOD_SOCKETS + 1000)
 
 
+HEAD_TIMEOUT_LINE = "connections closed: no whole request head within HEADER_TIMEOUT"
 HEAD = b"GET /hello/Probe HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slow\r\nX-Padding: " + b"x" * 64
 
 
 @pytest.mark.slow
 def test_a_slowloris_flood_is_cut_off_and_the_service_keeps_answering(tmp_path: Path) -> None:
     log_path = tmp_path / "gunicorn.log"
-    process, port = start_gunicorn(
-        tmp_path / "hello.db",
+    port, metrics_port = free_port(), free_port()
+    process = start_gunicorn(
+        port,
         log_path,
+        DATABASE_PATH=str(tmp_path / "hello.db"),
+        METRICS_PORT=str(metrics_port),
         HEADER_TIMEOUT=str(HEADER_TIMEOUT),
         # Above the flood: this drill measures the head timeout; the cap has tests of its own.
         MAX_CONNECTIONS=str(FLOOD_SOCKETS + 1000),
@@ -41,16 +53,21 @@ def test_a_slowloris_flood_is_cut_off_and_the_service_keeps_answering(tmp_path: 
     base = f"http://127.0.0.1:{port}"
     flood: list[socket.socket] = []
     answers: dict[str, int] = {}
+
+    def new_log_entries() -> list[dict[str, object]]:
+        lines = log_path.read_text().splitlines()[lines_before:]
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def every_head_timeout_logged() -> bool:
+        """The rate-limited lines' counts add up to every head time-out the server counted."""
+        logged = sum(
+            int(str(e.get("count", 0))) for e in new_log_entries() if e.get("message") == HEAD_TIMEOUT_LINE
+        )
+        return logged == _counted(metrics_text(metrics_port), route="connection", status="408")
+
     try:
         wait_for_status(f"{base}/readyz")
-        request = urllib.request.Request(
-            f"{base}/hello/Probe",
-            data=b'{"dateOfBirth": "1990-01-01"}',
-            method="PUT",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert response.status == 204
+        assert put_birthday(base, "Probe", "1990-01-01") == 204
         lines_before = len(log_path.read_text().splitlines())
 
         with Prober(
@@ -89,10 +106,11 @@ def test_a_slowloris_flood_is_cut_off_and_the_service_keeps_answering(tmp_path: 
                     except OSError:
                         answers["send failed"] = answers.get("send failed", 0) + 1
                         del open_conns[conn]
-                time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))  # pacing: a byte a second
             still_open = len(open_conns)
-            time.sleep(1.0)  # a little more probing after the flood
-        time.sleep(1.5)  # let the last rate-limited summary line be written
+            time.sleep(1.0)  # pacing: a little more probing after the flood
+        # The last rate-limited summary line is written up to a second after the last time-out.
+        wait_until(every_head_timeout_logged, timeout=10, what="the last summary line of head time-outs")
         log_lines = log_path.read_text().splitlines()[lines_before:]
         entries = [json.loads(line) for line in log_lines if line.startswith("{")]
         non_request = [e for e in entries if e.get("message") != "request"]
@@ -122,3 +140,16 @@ def test_a_slowloris_flood_is_cut_off_and_the_service_keeps_answering(tmp_path: 
         for conn in flood:
             conn.close()
         assert stop(process) == 0
+
+
+def _counted(metrics: str, route: str, status: str) -> int:
+    """hello_http_requests_total of ``route`` and ``status``, summed over methods, from a scrape."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if (
+            line.startswith("hello_http_requests_total{")
+            and f'route="{route}"' in line
+            and f'status="{status}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)

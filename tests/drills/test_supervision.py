@@ -17,28 +17,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import (
+from tests.drills.stack import (
+    Machine,
     S3Server,
     StackFactory,
     WriteLoad,
-    child_pids,
-    processes_mentioning,
     record_figures,
-    restore_replica,
-    usernames,
-    wait_until,
+    restored_usernames,
+    under_write_load,
 )
+from tests.support import child_pids, processes_mentioning, usernames, wait_until
 
 
 @pytest.mark.slow
 def test_litestream_killed_under_load_stops_the_writes_and_the_stack(
-    stack_factory: StackFactory, replica_url: str, tmp_path: Path
+    machine: Machine, replica_url: str, tmp_path: Path
 ) -> None:
-    data = tmp_path / "data"
-    stack = stack_factory(data, replica_url=replica_url)
+    stack = machine.start()
     (litestream,) = [pid for pid, command in child_pids(stack.process.pid).items() if "litestream" in command]
-    with WriteLoad(stack.base_url, threads=4, max_requests=30000, max_seconds=15) as load:
-        time.sleep(2.0)
+    with under_write_load(stack, max_requests=30000, max_seconds=15) as load:
         watch = os.pidfd_open(litestream)
         os.kill(litestream, signal.SIGKILL)
         signalled_at = time.monotonic()
@@ -54,12 +51,10 @@ def test_litestream_killed_under_load_stops_the_writes_and_the_stack(
     while_dying = [name for name, sent in load.sent_at.items() if signalled_at < sent <= killed_at]
 
     began = time.monotonic()
-    again = stack_factory(data, replica_url=replica_url)
+    again = machine.start()
     ready_after = time.monotonic() - began
     assert again.terminate() == 0, again.logs()
-    copy = tmp_path / "restored.db"
-    restore_replica(replica_url, copy)
-    missing = set(load.acknowledged) - usernames(copy)
+    missing = set(load.acknowledged) - restored_usernames(replica_url, tmp_path / "restored.db")
     record_figures(
         "litestream-killed",
         acknowledged=len(load.acknowledged),
@@ -83,20 +78,17 @@ def test_litestream_killed_under_load_stops_the_writes_and_the_stack(
     "signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGINT, signal.SIGINT)]
 )
 def test_repeated_stop_signals_still_let_the_final_sync_finish(
-    signals: tuple[signal.Signals, ...], stack_factory: StackFactory, replica_url: str, tmp_path: Path
+    signals: tuple[signal.Signals, ...], machine: Machine, replica_url: str, tmp_path: Path
 ) -> None:
-    stack = stack_factory(tmp_path / "data", replica_url=replica_url)
-    with WriteLoad(stack.base_url, threads=4, max_requests=30000, max_seconds=10) as load:
-        time.sleep(2.0)
+    stack = machine.start()
+    with under_write_load(stack, max_requests=30000) as load:
         began = time.monotonic()
         for sig in signals:
             stack.process.send_signal(sig)
-            time.sleep(0.05)
+            time.sleep(0.05)  # the point: signals 50 ms apart, as a double Ctrl-C sends them
         code = stack.process.wait(timeout=60)
         stopped_after = time.monotonic() - began
-    copy = tmp_path / "restored.db"
-    restore_replica(replica_url, copy)
-    missing = set(load.acknowledged) - usernames(copy)
+    missing = set(load.acknowledged) - restored_usernames(replica_url, tmp_path / "restored.db")
     record_figures(
         "repeated-stop-signals",
         signals="+".join(sig.name for sig in signals),
@@ -113,23 +105,26 @@ def test_repeated_stop_signals_still_let_the_final_sync_finish(
 
 @pytest.mark.slow
 def test_a_stop_signal_during_the_restore_stops_it_and_a_second_restore_is_refused(
-    s3_server: S3Server, stack_factory: StackFactory, replica_url: str, tmp_path: Path
+    s3_server: S3Server, stack_factory: StackFactory, machine: Machine, replica_url: str, tmp_path: Path
 ) -> None:
     source = stack_factory(tmp_path / "source", replica_url=replica_url)
     with WriteLoad(source.base_url, threads=4, max_requests=3000, max_seconds=20) as load:
         wait_until(lambda: len(load.acknowledged) + load.failures >= 3000, timeout=30, what="3000 writes")
     assert source.terminate() == 0, source.logs()
 
-    data = tmp_path / "data"
+    data = machine.data
     with s3_server.throttled(bytes_per_second=4096):
-        stack = stack_factory(data, replica_url=replica_url, wait=False)
-        wait_until(lambda: "restoring from" in stack.logs(), timeout=60, what="no restore began")
-        time.sleep(1.0)
+        stack = machine.start(wait=False)
+
+        def restoring_processes() -> list[str]:
+            database = str(data / "hello.db")
+            return [line for line in processes_mentioning(database) if "litestream restore" in line]
+
+        stack.wait_logged("restoring from")
+        stack.wait_for(restoring_processes, "no restore process was running", timeout=30)
         assert stack.process.poll() is None, stack.logs()
-        restoring = [
-            line for line in processes_mentioning(str(data / "hello.db")) if "litestream restore" in line
-        ]
-        second = stack_factory(data, replica_url=replica_url, wait=False)
+        restoring = restoring_processes()
+        second = machine.start(wait=False)
         second_code = second.process.wait(timeout=60)
         began = time.monotonic()
         stack.process.send_signal(signal.SIGTERM)
@@ -137,7 +132,7 @@ def test_a_stop_signal_during_the_restore_stops_it_and_a_second_restore_is_refus
         stopped_after = time.monotonic() - began
         left = processes_mentioning(str(data / "hello.db"))
     leftovers = sorted(path.name for path in data.glob("hello.db*"))
-    again = stack_factory(data, replica_url=replica_url)
+    again = machine.start()
     restored = usernames(again.database_path)
     assert again.terminate() == 0, again.logs()
     record_figures(
@@ -158,10 +153,8 @@ def test_a_stop_signal_during_the_restore_stops_it_and_a_second_restore_is_refus
 
 
 @pytest.mark.slow
-def test_killing_the_supervisor_leaves_no_process_behind(
-    stack_factory: StackFactory, replica_url: str, tmp_path: Path
-) -> None:
-    stack = stack_factory(tmp_path / "data", replica_url=replica_url)
+def test_killing_the_supervisor_leaves_no_process_behind(machine: Machine) -> None:
+    stack = machine.start()
     tree = set(child_pids(stack.process.pid))
     for pid in list(tree):
         tree |= set(child_pids(pid))  # gunicorn's worker
@@ -184,19 +177,16 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_sighup_to_the_entrypoint_reloads_gunicorn_without_failing_a_request(
-    stack_factory: StackFactory, replica_url: str, tmp_path: Path
-) -> None:
-    stack = stack_factory(tmp_path / "data", replica_url=replica_url)
+def test_sighup_to_the_entrypoint_reloads_gunicorn_without_failing_a_request(machine: Machine) -> None:
+    stack = machine.start()
     (gunicorn,) = [pid for pid, command in child_pids(stack.process.pid).items() if "gunicorn" in command]
     (old_worker,) = list(child_pids(gunicorn))
-    with WriteLoad(stack.base_url, threads=2, pause=0.01, max_requests=2000, max_seconds=8) as load:
-        time.sleep(1.0)
+    with under_write_load(stack, 1.0, threads=2, pause=0.01, max_requests=2000, max_seconds=8) as load:
         stack.process.send_signal(signal.SIGHUP)
         wait_until(
             lambda: old_worker not in child_pids(gunicorn), timeout=30, what="the old worker did not go"
         )
-        time.sleep(1.0)
+        time.sleep(1.0)  # pacing: the load goes on against the new worker for a second
     workers = list(child_pids(gunicorn))
     alive = stack.process.poll() is None
     assert stack.terminate() == 0, stack.logs()

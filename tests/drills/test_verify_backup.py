@@ -18,16 +18,8 @@ from pathlib import Path
 import pytest
 
 from service.stack.lease import LEASE_OBJECT
-from tests.drills.conftest import (
-    ROOT,
-    S3Server,
-    StackFactory,
-    base_env,
-    put_birthday,
-    record_figures,
-    username,
-    wait_until,
-)
+from tests.drills.stack import S3Server, StackFactory, base_env, record_figures
+from tests.support import ROOT, put_birthday, put_users, wait_until
 
 VERIFY_SH = ROOT / "scripts" / "verify-backup.sh"
 
@@ -98,7 +90,7 @@ def test_a_healthy_stack_passes_and_both_heartbeats_ping(
         extra_env={"LITESTREAM_HEARTBEAT_URL": f"{heartbeats.url}/litestream"},
     )
     started = time.monotonic()
-    assert all(put_birthday(stack.base_url, username(n, "before")) == 204 for n in range(20))
+    put_users(stack.base_url, "before", 20)
 
     began = time.monotonic()
     result = _verify(stack.base_url, replica_url, heartbeat_url=f"{heartbeats.url}/verify")
@@ -136,7 +128,7 @@ def test_a_replica_deleted_under_the_running_stack_fails_with_the_reason(
     prefix = f"verify-{uuid.uuid4().hex[:12]}"
     replica_url = s3_server.replica_url(prefix)
     stack = stack_factory(tmp_path / "data", replica_url=replica_url)
-    assert all(put_birthday(stack.base_url, username(n, "gone")) == 204 for n in range(20))
+    put_users(stack.base_url, "gone", 20)
     client = s3_server.client()
 
     def replica_objects() -> list[str]:

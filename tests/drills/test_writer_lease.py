@@ -15,17 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.drills.conftest import (
+from tests.drills.stack import (
+    Machine,
     S3Server,
     StackFactory,
-    WriteLoad,
-    put_birthday,
     record_figures,
-    restore_replica,
-    username,
-    usernames,
+    restored_usernames,
+    under_write_load,
+    wait_replicated,
 )
-from tests.support import http_status
+from tests.support import http_status, put_birthday, username, usernames
 
 
 def _exit_code(process: "subprocess.Popen[bytes]", timeout: float = 60.0) -> int:
@@ -33,32 +32,26 @@ def _exit_code(process: "subprocess.Popen[bytes]", timeout: float = 60.0) -> int
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["s3", "file"])
 def test_a_second_writer_is_refused_and_the_first_keeps_serving(
-    kind: str, s3_server: S3Server, stack_factory: StackFactory, tmp_path: Path
+    s3_or_file_replica: str, stack_factory: StackFactory, tmp_path: Path
 ) -> None:
-    if kind == "s3":
-        replica_url = s3_server.replica_url(f"second-writer-{tmp_path.name}")
-    else:
-        replica_url = f"file://{tmp_path / 'replica'}"
+    replica_url = s3_or_file_replica
     first = stack_factory(tmp_path / "first", replica_url=replica_url)
-    with WriteLoad(first.base_url, threads=2, pause=0.01, max_requests=3000, max_seconds=20) as load:
-        time.sleep(1.0)
+    with under_write_load(first, 1.0, threads=2, pause=0.01, max_requests=3000, max_seconds=20) as load:
         began = time.monotonic()
         second = stack_factory(tmp_path / "second", replica_url=replica_url, wait=False)
         code = _exit_code(second.process)
         refused_after = time.monotonic() - began
         same_volume = stack_factory(tmp_path / "first", replica_url=replica_url, wait=False)
         same_volume_code = _exit_code(same_volume.process)
-        time.sleep(1.0)
+        time.sleep(1.0)  # the point: the first stack still serves a while after both were refused
         still_serving = put_birthday(first.base_url, "Stillserving") == 204
     assert first.terminate() == 0, first.logs()
-    copy = tmp_path / "restored.db"
-    restore_replica(replica_url, copy)
-    lost = set(load.acknowledged) - usernames(copy)
+    in_replica = restored_usernames(replica_url, tmp_path / "restored.db")
+    lost = set(load.acknowledged) - in_replica
     record_figures(
         "second-writer",
-        replica=kind,
+        replica=replica_url.split(":")[0],
         refused_after_ms=round(refused_after * 1000),
         exit=code,
         first_acknowledged=len(load.acknowledged),
@@ -72,7 +65,7 @@ def test_a_second_writer_is_refused_and_the_first_keeps_serving(
     assert http_status(second.url("/healthz"), timeout=1.0) is None
     assert still_serving and load.failures == 0
     assert not lost, f"{len(lost)} writes of the first stack missing from the replica"
-    assert "Stillserving" in usernames(copy)
+    assert "Stillserving" in in_replica
     assert not (tmp_path / "second" / "hello.db").exists(), "the refused stack restored or created a database"
 
 
@@ -87,7 +80,7 @@ def test_a_writer_that_lost_the_lease_refuses_writes_and_uploads_nothing_more(
         tmp_path / "data", replica_url=replica_url, extra_env={"WRITER_LEASE_TTL": str(ttl)}
     )
     assert put_birthday(stack.base_url, "Beforetakeover") == 204
-    time.sleep(1.5)  # replicated
+    wait_replicated(replica_url, ["Beforetakeover"], tmp_path / "checks")
 
     # Another writer takes the lease, as one would after this one's lapsed behind a network split.
     client = s3_server.client()
@@ -104,12 +97,12 @@ def test_a_writer_that_lost_the_lease_refuses_writes_and_uploads_nothing_more(
         statuses.append(status)
         if status == 503:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling: writes until the first 503
     refused_after = time.monotonic() - taken_at
     objects_at_refusal = set(s3_server.keys(prefix))
     ready = http_status(stack.url("/readyz"))
     later = [put_birthday(stack.base_url, f"Later{chr(97 + i)}") for i in range(5)]
-    time.sleep(2.0)  # what a live Litestream would upload in this time
+    time.sleep(2.0)  # the point: what a live Litestream would upload in this time, never uploaded
     uploaded_since = set(s3_server.keys(prefix)) - objects_at_refusal
     alive = stack.process.poll() is None
     code = stack.terminate()
@@ -133,15 +126,12 @@ def test_a_writer_that_lost_the_lease_refuses_writes_and_uploads_nothing_more(
 
 
 @pytest.mark.slow
-def test_the_same_machine_is_not_locked_out_after_a_crash(
-    stack_factory: StackFactory, replica_url: str, tmp_path: Path
-) -> None:
-    data = tmp_path / "data"
-    stack = stack_factory(data, replica_url=replica_url)
+def test_the_same_machine_is_not_locked_out_after_a_crash(machine: Machine) -> None:
+    stack = machine.start()
     assert put_birthday(stack.base_url, "Beforecrash") == 204
     stack.kill()
     began = time.monotonic()
-    again = stack_factory(data, replica_url=replica_url)
+    again = machine.start()
     ready_after = time.monotonic() - began
     logs = again.logs()
     assert again.terminate() == 0, logs

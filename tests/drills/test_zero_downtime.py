@@ -27,21 +27,18 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
-from tests.drills.conftest import record_figures
 from tests.drills.load import PutThenGet, start_gunicorn_on_postgres
+from tests.drills.stack import record_figures
 from tests.pg_server import PostgresServer
-from tests.support import free_port, wait_for_status
+from tests.support import free_port, wait_for_status, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 CLIENT_TIMEOUT = 10.0
 # SIGTERM to exit: gunicorn's drain budget (SHUTDOWN_TIMEOUT below) plus a margin.
 SHUTDOWN_TIMEOUT = 5
@@ -112,7 +109,7 @@ listen stats
 """
 
 
-def start_gunicorn(url: str, port: int, log: BinaryIO) -> "subprocess.Popen[bytes]":
+def start_gunicorn(url: str, port: int, log: Path) -> "subprocess.Popen[bytes]":
     return start_gunicorn_on_postgres(url, port, log, {"SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)})
 
 
@@ -124,16 +121,6 @@ def server_states(stats_url: str) -> dict[str, str]:
     return {
         row["svname"]: row["status"] for row in rows if row["pxname"] == "app" and row["svname"] != "BACKEND"
     }
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition()`` until true; the seconds it took (fails after ``timeout``)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 @dataclass
@@ -184,7 +171,7 @@ def test_rolling_replacement_behind_haproxy_fails_no_request_and_loses_no_write(
     )
     assert check.returncode == 0, check.stderr + check.stdout
 
-    log = (tmp_path / "gunicorn.log").open("ab")
+    log = tmp_path / "gunicorn.log"
     haproxy_log = (tmp_path / "haproxy.log").open("ab")
     old = {}
     for name in ("old1", "old2"):
@@ -246,7 +233,7 @@ def test_rolling_replacement_behind_haproxy_fails_no_request_and_loses_no_write(
             wait_until(answered_since(time.monotonic()), 30, "answers after the replacement")
         final = {"old1": "DOWN", "old2": "DOWN", "new1": "UP", "new2": "UP"}
         wait_until(seen(final), 10, f"HAProxy to see {final}")
-        time.sleep(1.0)
+        time.sleep(1.0)  # pacing: the load goes on against the new processes alone for a second
     finally:
         load.stop()
         balancer.send_signal(signal.SIGUSR1)  # soft stop: finish what is in flight
@@ -255,7 +242,6 @@ def test_rolling_replacement_behind_haproxy_fails_no_request_and_loses_no_write(
         except subprocess.TimeoutExpired:
             balancer.kill()
             balancer.wait(timeout=10)
-        log.close()
         haproxy_log.close()
 
     stored = dict(
