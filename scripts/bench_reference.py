@@ -39,7 +39,7 @@ def create_reference_app() -> web.Application:
 async def app_factory() -> web.Application:
     """For gunicorn, like ``service.http.app:app_factory``: gunicorn.conf.py's runner reads the settings
     (its connection cap and head timeout, which the service is measured with too), the state and the
-    metrics its connection guard counts refusals in; no request is measured or logged."""
+    metrics its connection limits count refusals in; no request is measured or logged."""
     app = create_reference_app()
     app[keys.CONFIG] = Config.from_env()
     app[keys.STATE] = keys.State()

@@ -4,7 +4,7 @@ The supervisor starts gunicorn with these environment variables; ``service/setti
 into ``Config``; nobody sets them by hand:
 
 - ``LITESTREAM_PID``: Litestream's process id. The worker holds a pidfd on it and refuses writes from
-  the moment it exits (``service/http/write_guard.py``).
+  the moment it exits (``service/http/write_gate.py``).
 - ``WRITER_FENCE_FILE``: the fence protocol. When the object store says another writer holds the
   lease, the supervisor first writes the reason into this file (``write_fence``), then kills
   Litestream. The worker, woken by the pidfd, reads the file (``read_fence``): a reason means

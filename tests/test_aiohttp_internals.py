@@ -14,12 +14,12 @@ SLOTS = [
     (web_protocol.RequestHandler, "_request_count", "service/http/server.py: a whole head arrived"),
     (web_protocol.RequestHandler, "_messages", "service/http/server.py: requests queued on the connection"),
     (web_protocol.RequestHandler, "_request_in_progress", "service/http/server.py: the head timer"),
-    (web_protocol.RequestHandler, "_manager", "service/http/server.py: the connection guard"),
+    (web_protocol.RequestHandler, "_manager", "service/http/server.py: the connection gate"),
 ]
 
 
 @pytest.mark.parametrize(("cls", "name", "user"), SLOTS, ids=[name for _, name, _ in SLOTS])
-def test_request_handler_fields_the_guard_reads(cls: type, name: str, user: str) -> None:
+def test_request_handler_fields_the_limits_read(cls: type, name: str, user: str) -> None:
     assert name in getattr(cls, "__slots__", ()), (
         f"aiohttp's {cls.__name__} no longer has {name!r}; {user} reads it: re-read "
         "aiohttp/web_protocol.py before upgrading"
@@ -30,12 +30,12 @@ def test_the_runner_still_builds_its_server_in_make_server() -> None:
     make_server = getattr(web_runner.AppRunner, "_make_server", None)
     assert make_server is not None and inspect.iscoroutinefunction(make_server), (
         "aiohttp's AppRunner._make_server changed; service/http/server.py overrides it to install the "
-        "guarded server: re-read aiohttp/web_runner.py"
+        "hardened server: re-read aiohttp/web_runner.py"
     )
 
 
 def test_the_server_makes_one_handler_per_connection_by_being_called() -> None:
-    """service/http/server.py swaps the server's class for one whose __call__ makes the guarded handler."""
+    """service/http/server.py swaps the server's class for one whose __call__ makes the hardened handler."""
     signature = inspect.signature(web_server.Server.__call__)
     assert list(signature.parameters) == ["self"], (
         "aiohttp's Server.__call__ changed its signature; service/http/server.py replaces it"

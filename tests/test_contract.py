@@ -8,7 +8,7 @@ from pathlib import Path
 from service import contract
 from service.contract import BootReport, MergeTotals, read_fence, write_fence
 from service.http.metrics import Metrics
-from service.http.write_guard import WriteGuard
+from service.http.write_gate import WriteGate
 from service.settings import Config
 
 
@@ -51,15 +51,15 @@ def test_the_fence_is_written_before_litestream_dies_and_read_when_it_has(tmp_pa
     so the worker, woken by the exit, always finds it."""
     fence = tmp_path / "fence"
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    guard = WriteGuard(stand_in.pid, fence)
-    guard.open()
+    gate = WriteGate(stand_in.pid, fence)
+    gate.open()
     try:
         assert read_fence(fence) == "" and read_fence(None) == ""
         write_fence(fence, "the lease on s3://b/p is now held by machine other")
         stand_in.kill()
         stand_in.wait()
-        assert "machine other" in (guard.refusal() or "")
-        assert guard.fenced
+        assert "machine other" in (gate.refusal() or "")
+        assert gate.fenced
     finally:
-        guard.close()
+        gate.close()
         stand_in.kill()

@@ -14,7 +14,7 @@ from pytest_aiohttp import AiohttpClient
 
 from service.http import keys
 from service.http.app import create_app
-from service.http.write_guard import WriteGuard
+from service.http.write_gate import WriteGate
 from service.lease_deadline import SharedDeadline, deadline_after, lease_margin, now
 from service.settings import Config
 from tests.conftest import TODAY
@@ -62,20 +62,20 @@ def _read_in_another_process(path: str) -> float:
         shared.close()
 
 
-def test_the_guard_refuses_past_the_deadline_and_takes_writes_again_once_renewed(tmp_path: Path) -> None:
+def test_the_gate_refuses_past_the_deadline_and_takes_writes_again_once_renewed(tmp_path: Path) -> None:
     shared = SharedDeadline.create(tmp_path / "deadline", now() + 60)
-    guard = WriteGuard(None, None, shared.path)
-    guard.open()
+    gate = WriteGate(None, None, shared.path)
+    gate.open()
     try:
-        assert guard.refusal() is None
+        assert gate.refusal() is None
         shared.set(now() - 0.001)
-        reason = guard.refusal() or ""
+        reason = gate.refusal() or ""
         assert "could not renew its writer lease" in reason
-        assert not guard.final, "a lapsed lease is not a final refusal"
+        assert not gate.final, "a lapsed lease is not a final refusal"
         shared.set(now() + 60)
-        assert guard.refusal() is None
+        assert gate.refusal() is None
     finally:
-        guard.close()
+        gate.close()
         shared.remove()
 
 

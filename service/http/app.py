@@ -10,12 +10,12 @@ from aiohttp import web
 
 from service import __version__
 from service.http import keys, views
-from service.http.diskfull import DiskGuard
+from service.http.diskfull import DiskFullWatch
 from service.http.litestream_metrics import LitestreamMetrics
 from service.http.metrics import Metrics
 from service.http.middlewares import observe
 from service.http.replication import ReplicationAcks
-from service.http.write_guard import WriteGuard
+from service.http.write_gate import WriteGate
 from service.logs import configure_logging
 from service.settings import Config, ConfigError
 from service.store import open_store
@@ -36,12 +36,12 @@ def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.A
     app[keys.STATE] = keys.State()
     litestream = config.litestream_metrics_addr
     app[keys.LITESTREAM] = LitestreamMetrics(litestream, metrics) if litestream else None
-    app[keys.DISK] = DiskGuard(
+    app[keys.DISK] = DiskFullWatch(
         config.database_path, config.disk_full_resume_mb * 1024 * 1024, metrics, app[keys.LITESTREAM]
     )
     if config.trace_file is not None:
         app.cleanup_ctx.append(_trace)
-    app.cleanup_ctx.append(_write_guard)
+    app.cleanup_ctx.append(_write_gate)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_replication)
     app.cleanup_ctx.append(_metrics_server)
@@ -66,18 +66,18 @@ async def app_factory() -> web.Application:
     return create_app(config)
 
 
-async def _write_guard(app: web.Application) -> AsyncIterator[None]:
+async def _write_gate(app: web.Application) -> AsyncIterator[None]:
     """Watch Litestream (when the supervisor started it), so that writes stop the moment it exits."""
     config = app[keys.CONFIG]
-    guard = WriteGuard(config.litestream_pid, config.fence_file, config.lease_deadline_file)
-    guard.open()
-    app[keys.GUARD] = guard
+    gate = WriteGate(config.litestream_pid, config.fence_file, config.lease_deadline_file)
+    gate.open()
+    app[keys.WRITE_GATE] = gate
     loop = asyncio.get_running_loop()
-    pidfd = guard.pidfd
+    pidfd = gate.pidfd
     if pidfd is not None:
 
         def on_litestream_exit() -> None:
-            guard.refusal()
+            gate.refusal()
             loop.remove_reader(pidfd)  # it stays readable: one call is all it takes
 
         loop.add_reader(pidfd, on_litestream_exit)
@@ -86,7 +86,7 @@ async def _write_guard(app: web.Application) -> AsyncIterator[None]:
     finally:
         if pidfd is not None:
             loop.remove_reader(pidfd)
-        guard.close()
+        gate.close()
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
@@ -138,7 +138,7 @@ async def _metrics_server(app: web.Application) -> AsyncIterator[None]:
     metrics_app[keys.METRICS] = app[keys.METRICS]
     metrics_app[keys.LITESTREAM] = app[keys.LITESTREAM]
     metrics_app[keys.CONFIG] = config
-    metrics_app[keys.GUARD] = app[keys.GUARD]
+    metrics_app[keys.WRITE_GATE] = app[keys.WRITE_GATE]
     metrics_app.router.add_get("/metrics", views.metrics)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()

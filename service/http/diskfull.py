@@ -45,7 +45,7 @@ class _Episode:
     waiting_for: str = "space"
 
 
-class DiskGuard:
+class DiskFullWatch:
     """Whether writes are refused for a full disk; hangs off the app as ``keys.DISK``."""
 
     def __init__(

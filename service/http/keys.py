@@ -7,11 +7,11 @@ from datetime import date
 
 from aiohttp import web
 
-from service.http.diskfull import DiskGuard
+from service.http.diskfull import DiskFullWatch
 from service.http.litestream_metrics import LitestreamMetrics
 from service.http.metrics import Metrics
 from service.http.replication import ReplicationAcks
-from service.http.write_guard import WriteGuard
+from service.http.write_gate import WriteGate
 from service.settings import Config
 from service.store import Store
 
@@ -32,8 +32,8 @@ CONFIG = web.AppKey("config", Config)
 STORE: web.AppKey[Store] = web.AppKey("store")
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", State)
-GUARD = web.AppKey("guard", WriteGuard)
-DISK = web.AppKey("disk", DiskGuard)
+WRITE_GATE = web.AppKey("write_gate", WriteGate)
+DISK = web.AppKey("disk", DiskFullWatch)
 # None when no Litestream runs beside the service (LITESTREAM_METRICS_ADDR unset).
 LITESTREAM: web.AppKey[LitestreamMetrics | None] = web.AppKey("litestream")
 # None unless DURABILITY=replicated.

@@ -206,7 +206,7 @@ class Metrics:
             registry=self.registry,
         )
         self._status_text: dict[int, str] = {}
-        # Set by the disk guard (service/http/diskfull.py) and the Litestream client
+        # Set by the disk-full watch (service/http/diskfull.py) and the Litestream client
         # (service/http/litestream_metrics.py).
         self.disk_full = 0
         self.disk_full_refused_writes = 0

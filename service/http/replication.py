@@ -79,7 +79,7 @@ class ReplicationAcks:
             await self._session.close()
 
     async def confirm(self, refusal: Callable[[], str | None]) -> None:
-        """Return once a sync sent after this call came back 200 and ``refusal()`` (the write guard:
+        """Return once a sync sent after this call came back 200 and ``refusal()`` (the write gate:
         Litestream gone, the lease lost or lapsed) still says nothing. Else ``Unconfirmed``: after
         REPLICATION_ACK_TIMEOUT, or as soon as the round it joined failed."""
         began = time.monotonic()

@@ -5,7 +5,7 @@ aiohttp has no option for four things the service needs, so they are added here:
 - **A start-up that fails releases what it acquired.** aiohttp runs the clean-up of a ``cleanup_ctx``
   only when someone calls ``runner.cleanup()``, and neither gunicorn's aiohttp worker nor
   ``web.run_app`` does when ``runner.setup()`` raises: the store's threads then keep the process
-  alive for ever. ``GuardedAppRunner.setup`` cleans up before it re-raises.
+  alive for ever. ``HardenedAppRunner.setup`` cleans up before it re-raises.
 - **Slow clients are bounded.** A request head must be whole within ``HEADER_TIMEOUT`` of the
   connection opening (or of its first byte after a keep-alive pause), else 408 and the connection
   is closed; at most ``MAX_CONNECTIONS`` connections are open (never more than the open-files
@@ -123,7 +123,7 @@ def connection_cap(config: Config, open_files_limit: int) -> int:
     return config.max_connections
 
 
-class ConnectionGuard:
+class ConnectionLimits:
     """What every connection of one server shares: the limits, the count, the metrics, the logs."""
 
     def __init__(self, metrics: Metrics, cap: int, header_timeout: float) -> None:
@@ -147,7 +147,7 @@ class ConnectionGuard:
 _FIRST_REQUEST_GRACE = 0.5
 
 
-class _GuardedRequestHandler(web_protocol.RequestHandler):
+class _HardenedRequestHandler(web_protocol.RequestHandler):
     """aiohttp's connection handler, with the connection cap, the head timeout and problem+json
     for what its parser refuses.
 
@@ -156,21 +156,21 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
     slow-client drill fail if their meaning changes.
     """
 
-    _guard: ConnectionGuard
+    _limits: ConnectionLimits
     _counted: bool
     _head_timer: asyncio.TimerHandle | None
     _requests_at_head_start: int
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        guard = self._guard = cast(_GuardedServer, self._manager).guard
+        limits = self._limits = cast(_HardenedServer, self._manager).limits
         self._head_timer = None
-        guard.open += 1
+        limits.open += 1
         self._counted = True
-        if guard.open > guard.cap:
+        if limits.open > limits.cap:
             self._refuse(TooManyConnections("too many connections are open; retry", {"Retry-After": "1"}))
-            guard.metrics.observe_request(CONNECTION_ROUTE, NO_METHOD, TooManyConnections.status, 0.0)
-            guard.refused.note(open_connections=guard.open - 1, max_connections=guard.cap)
+            limits.metrics.observe_request(CONNECTION_ROUTE, NO_METHOD, TooManyConnections.status, 0.0)
+            limits.refused.note(open_connections=limits.open - 1, max_connections=limits.cap)
             return
         self._start_head_timer()
 
@@ -178,7 +178,7 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
         self._stop_head_timer()
         if getattr(self, "_counted", False):
             self._counted = False
-            self._guard.open -= 1
+            self._limits.open -= 1
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -209,7 +209,7 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
 
     def _start_head_timer(self) -> None:
         self._requests_at_head_start = self._request_count
-        self._head_timer = self._loop.call_later(self._guard.header_timeout, self._head_timed_out)
+        self._head_timer = self._loop.call_later(self._limits.header_timeout, self._head_timed_out)
 
     def _stop_head_timer(self) -> None:
         timer = getattr(self, "_head_timer", None)
@@ -227,16 +227,16 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
         )
         if not waiting_for_head:
             return
-        guard = self._guard
-        seconds = guard.header_timeout
+        limits = self._limits
+        seconds = limits.header_timeout
         self._refuse(RequestTimeout(f"no whole request head within {seconds:g} s; send it at once"))
-        guard.metrics.observe_request(CONNECTION_ROUTE, NO_METHOD, RequestTimeout.status, seconds)
-        guard.head_timeouts.note(header_timeout_seconds=seconds)
+        limits.metrics.observe_request(CONNECTION_ROUTE, NO_METHOD, RequestTimeout.status, seconds)
+        limits.head_timeouts.note(header_timeout_seconds=seconds)
 
     def _refuse(self, problem: Problem) -> None:
         """Answer a connection that never became a request, and close it."""
         if self.transport is not None:
-            self.transport.write(problem.raw_response(self._guard.new_request_id()))
+            self.transport.write(problem.raw_response(self._limits.new_request_id()))
         self.force_close()
 
     def handle_error(
@@ -250,7 +250,7 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
         middleware. A problem document, one JSON log line, and a count."""
         if request.writer.output_size > 0:  # as aiohttp: part of an answer is out already
             raise ConnectionError("the response was partly sent; no error answer is possible")
-        request_id = self._guard.new_request_id()
+        request_id = self._limits.new_request_id()
         problem: Problem
         if isinstance(exc, HttpProcessingError):  # only the parser raises these
             reason = str(exc.message or message)[:_REASON_CHARS]
@@ -283,31 +283,31 @@ class _GuardedRequestHandler(web_protocol.RequestHandler):
                 problem = InternalError("internal error; quote the request id when reporting it")
             else:
                 problem = HttpProblem(status, message or HTTPStatus(status).phrase)
-        self._guard.metrics.observe_request(route, method, problem.status, 0.0)
+        self._limits.metrics.observe_request(route, method, problem.status, 0.0)
         response = problem.response(request_id)
         response.force_close()
         return response
 
 
-class _GuardedServer(web_server.Server):
-    """aiohttp's connection factory, making ``_GuardedRequestHandler`` connections."""
+class _HardenedServer(web_server.Server):
+    """aiohttp's connection factory, making ``_HardenedRequestHandler`` connections."""
 
-    guard: ConnectionGuard
+    limits: ConnectionLimits
 
     def __call__(self) -> web_protocol.RequestHandler:
-        return _GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+        return _HardenedRequestHandler(self, loop=self._loop, **self._kwargs)
 
     def pre_shutdown(self) -> None:
         """Close the idle connections, as aiohttp does, but not those still waiting for their first
-        request: it may be on the way, and ``_GuardedRequestHandler.shutdown`` gives it a moment."""
+        request: it may be on the way, and ``_HardenedRequestHandler.shutdown`` gives it a moment."""
         for conn in self._connections:
             if conn._request_count > 0:
                 conn.close()
 
 
-class GuardedAppRunner(web.AppRunner):
+class HardenedAppRunner(web.AppRunner):
     """An ``AppRunner`` whose failed start-up releases what it had acquired, and whose connections
-    are guarded (``_GuardedRequestHandler``)."""
+    are hardened (``_HardenedRequestHandler``)."""
 
     def __init__(self, app: web.Application, *, cap: int, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -333,10 +333,10 @@ class GuardedAppRunner(web.AppRunner):
         server = await super()._make_server()  # runs the application's start-up
         # aiohttp's Server builds its connection handlers itself: make it build ours. Same class
         # layout, one method overridden, so only the class changes.
-        server.__class__ = _GuardedServer
-        guarded = cast(_GuardedServer, server)
-        guarded.guard = ConnectionGuard(self.app[keys.METRICS], self._cap, self._header_timeout)
-        return guarded
+        server.__class__ = _HardenedServer
+        hardened = cast(_HardenedServer, server)
+        hardened.limits = ConnectionLimits(self.app[keys.METRICS], self._cap, self._header_timeout)
+        return hardened
 
 
 def limit_accept_error_logs(loop: asyncio.AbstractEventLoop) -> None:
@@ -357,10 +357,10 @@ def limit_accept_error_logs(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(handler)
 
 
-def make_runner(app: web.Application, config: Config, **runner_options: Any) -> GuardedAppRunner:
+def make_runner(app: web.Application, config: Config, **runner_options: Any) -> HardenedAppRunner:
     """The runner for the public port, for gunicorn's worker and ``python -m service`` alike."""
     cap = connection_cap(config, raise_open_files_limit())
-    return GuardedAppRunner(app, cap=cap, header_timeout=config.header_timeout, **runner_options)
+    return HardenedAppRunner(app, cap=cap, header_timeout=config.header_timeout, **runner_options)
 
 
 def exit_if_threads_linger(code: int) -> None:
@@ -391,7 +391,7 @@ async def _serve(app: web.Application, config: Config, started: Callable[[], Non
 
 
 def run(app: web.Application, config: Config, started: Callable[[], None] = lambda: None) -> None:
-    """Serve until SIGINT or SIGTERM, then stop gracefully (as ``web.run_app``, with the guarded
+    """Serve until SIGINT or SIGTERM, then stop gracefully (as ``web.run_app``, with the hardened
     runner). A failed start-up raises, once its clean-up has run."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

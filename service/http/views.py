@@ -96,7 +96,7 @@ def _database_unavailable(exc: StoreUnavailable, outcome: str) -> ServiceUnavail
 
 
 def _check_writable(request: web.Request) -> None:
-    reason = request.app[keys.GUARD].refusal()
+    reason = request.app[keys.WRITE_GATE].refusal()
     if reason is not None:
         raise ServiceUnavailable(f"{reason}; nothing was written, retry later", headers=_RETRY_LATER)
 
@@ -118,15 +118,15 @@ async def put_hello(request: web.Request) -> web.Response:
     except StoreUnavailable as exc:
         raise _database_unavailable(exc, "nothing was written") from None
     except Exception as exc:
-        # A full disk (SQLite's) is the disk guard's to answer; anything else is a server fault.
+        # A full disk (SQLite's) is the disk watch's to answer; anything else is a server fault.
         if (problem := disk.failed(exc)) is not None:
             raise problem from None
         raise
     disk.succeeded()
     # Committed locally, but a 204 also promises that Litestream follows it and that this machine
     # still holds the writer lease: ask again.
-    guard = request.app[keys.GUARD]
-    reason = guard.refusal()
+    gate = request.app[keys.WRITE_GATE]
+    reason = gate.refusal()
     if reason is not None:
         raise ServiceUnavailable(
             f"{reason}. The date was written on this machine but is not confirmed: it may or may not "
@@ -135,7 +135,7 @@ async def put_hello(request: web.Request) -> web.Response:
         )
     if (replication := request.app[keys.REPLICATION]) is not None:
         try:
-            await replication.confirm(guard.refusal)
+            await replication.confirm(gate.refusal)
         except Unconfirmed as exc:
             raise ServiceUnavailable(
                 f"{exc}: the date is stored on this machine but not yet confirmed in the replica "
@@ -165,9 +165,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     if request.app[keys.STATE].draining:
         raise ServiceUnavailable("shutting down; not taking new work")
-    guard = request.app[keys.GUARD]
-    refusal = guard.refusal()
-    if refusal is not None and guard.final:
+    gate = request.app[keys.WRITE_GATE]
+    refusal = gate.refusal()
+    if refusal is not None and gate.final:
         raise ServiceUnavailable(f"not taking writes: {refusal}")
     try:
         async with asyncio.timeout(_READY_TIMEOUT_SECONDS):
@@ -196,7 +196,7 @@ async def metrics(request: web.Request) -> web.Response:
         registry.merged.labels("rows_read").set(totals.rows_read)
         registry.merged.labels("rows_written").set(totals.rows_written)
     if config.lease_deadline_file is not None:
-        registry.lease_remaining.set(request.app[keys.GUARD].lease_remaining())
+        registry.lease_remaining.set(request.app[keys.WRITE_GATE].lease_remaining())
     # Without the database the users gauge keeps its last value; the other series still answer.
     with contextlib.suppress(StoreUnavailable):
         registry.users.set(await request.app[keys.STORE].count_users())

@@ -3,7 +3,7 @@
 - A stop (SIGTERM or SIGINT): gunicorn drains and exits, then Litestream makes its final sync, then the
   lease is released.
 - Litestream dies: gunicorn's worker stops taking writes at once (it watches Litestream's process,
-  ``service/http/write_guard.py``); gunicorn gets a short drain for the reads in flight, and the
+  ``service/http/write_gate.py``); gunicorn gets a short drain for the reads in flight, and the
   supervisor exits non-zero, so that the platform restarts the stack. A restart on the same volume
   replicates what was committed meanwhile.
 - gunicorn exits: Litestream syncs and stops; exit non-zero.

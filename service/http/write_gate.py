@@ -35,7 +35,7 @@ LEASE_LAPSED = (
 log = logging.getLogger(__name__)
 
 
-class WriteGuard:
+class WriteGate:
     def __init__(
         self, litestream_pid: int | None, fence_file: Path | None, lease_deadline_file: Path | None = None
     ) -> None:

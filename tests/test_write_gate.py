@@ -1,6 +1,6 @@
 """Writes stop the moment the watched Litestream process exits; a fence file says why.
 
-A real child process stands in for Litestream here (the guard watches a process id, whatever runs
+A real child process stands in for Litestream here (the gate watches a process id, whatever runs
 in it); tests/drills/test_supervision.py kills the real Litestream under load.
 """
 
@@ -14,7 +14,7 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from service.http.app import create_app
-from service.http.write_guard import WriteGuard
+from service.http.write_gate import WriteGate
 from service.settings import Config
 from tests.conftest import TODAY
 
@@ -30,47 +30,47 @@ def stand_in() -> Iterator["subprocess.Popen[bytes]"]:
 
 
 def test_refusal_starts_when_the_process_exits(stand_in: "subprocess.Popen[bytes]") -> None:
-    guard = WriteGuard(stand_in.pid, None)
-    guard.open()
+    gate = WriteGate(stand_in.pid, None)
+    gate.open()
     try:
-        assert guard.refusal() is None
+        assert gate.refusal() is None
         stand_in.send_signal(signal.SIGKILL)
         stand_in.wait()
-        assert guard.refusal() is not None
-        assert "Litestream exited" in (guard.refusal() or "")
-        assert not guard.fenced
+        assert gate.refusal() is not None
+        assert "Litestream exited" in (gate.refusal() or "")
+        assert not gate.fenced
     finally:
-        guard.close()
+        gate.close()
 
 
 def test_a_fence_file_gives_the_reason(stand_in: "subprocess.Popen[bytes]", tmp_path: Path) -> None:
     fence = tmp_path / "fence"
     fence.write_text("the lease on s3://bucket/path is now held by machine other")
-    guard = WriteGuard(stand_in.pid, fence)
-    guard.open()
+    gate = WriteGate(stand_in.pid, fence)
+    gate.open()
     try:
         stand_in.kill()
         stand_in.wait()
-        assert "no longer the replica's writer" in (guard.refusal() or "")
-        assert guard.fenced
-        assert "machine other" in (guard.refusal() or "")
+        assert "no longer the replica's writer" in (gate.refusal() or "")
+        assert gate.fenced
+        assert "machine other" in (gate.refusal() or "")
     finally:
-        guard.close()
+        gate.close()
 
 
 def test_a_process_already_gone_refuses_from_the_start(stand_in: "subprocess.Popen[bytes]") -> None:
     stand_in.kill()
     stand_in.wait()
-    guard = WriteGuard(stand_in.pid, None)  # reaped: the id is free (reused this soon: practically never)
-    guard.open()
-    assert guard.refusal() is not None and guard.pidfd is None
-    guard.close()
+    gate = WriteGate(stand_in.pid, None)  # reaped: the id is free (reused this soon: practically never)
+    gate.open()
+    assert gate.refusal() is not None and gate.pidfd is None
+    gate.close()
 
 
 def test_without_a_process_every_write_is_taken() -> None:
-    guard = WriteGuard(None, None)
-    guard.open()
-    assert guard.refusal() is None and guard.pidfd is None
+    gate = WriteGate(None, None)
+    gate.open()
+    assert gate.refusal() is None and gate.pidfd is None
 
 
 async def test_the_api_refuses_writes_and_readiness_but_still_reads(
