@@ -144,11 +144,11 @@ def restore_latest(
 
     The latest state is in the generation the writer lease names (``service/stack/lease/``).
     """
+    from service.settings import litestream_environment
     from service.stack.lease import current_replica_url
     from service.stack.replica import ReplicaUnavailable
 
-    env = dict(environ)
-    env.pop("AWS_CA_BUNDLE", None)  # Litestream 0.5.17's S3 client cannot start with it set
+    env = litestream_environment(environ)
     try:
         source = current_replica_url(replica_url, env)
     except ReplicaUnavailable as exc:

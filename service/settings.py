@@ -286,7 +286,7 @@ class StackSettings:
 
     def child_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
         """The environment for Litestream and gunicorn: the resolved settings, no AWS_CA_BUNDLE."""
-        env = {key: value for key, value in environ.items() if key != "AWS_CA_BUNDLE"}
+        env = litestream_environment(environ)
         env.update(
             DATABASE_PATH=str(self.database),
             REPLICA_URL=self.replica_url,
@@ -330,6 +330,12 @@ class S3Credentials:
             secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or env.get("LITESTREAM_SECRET_ACCESS_KEY"),
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
         )
+
+
+def litestream_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a ``litestream`` process gets: Litestream 0.5.17's S3 client cannot start with
+    AWS_CA_BUNDLE set ("unable to add custom RootCAs HTTPClient"), so it never gets it."""
+    return {key: value for key, value in environ.items() if key != "AWS_CA_BUNDLE"}
 
 
 def environment() -> Mapping[str, str]:

@@ -11,9 +11,9 @@ import textwrap
 from types import ModuleType
 
 from service import __version__
-from service.commands import copy_data, migrate, replica_url, serve, supervise
+from service.commands import copy_data, migrate, replica_url, restore, serve, supervise
 
-COMMANDS: tuple[ModuleType, ...] = (serve, supervise, migrate, replica_url, copy_data)
+COMMANDS: tuple[ModuleType, ...] = (serve, supervise, migrate, replica_url, restore, copy_data)
 PROGRAM = "python -m service"
 
 
