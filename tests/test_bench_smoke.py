@@ -307,6 +307,8 @@ def test_the_durability_probe_reads_both_sets_of_series() -> None:
         'hello_replication_acks_total{outcome="timeout"} 0.0\n'
         'litestream_replica_operation_total{operation="PUT",replica_type="s3"} 50\n'
         'litestream_replica_operation_total{operation="DELETE",replica_type="s3"} 7\n'
+        'litestream_sync_count{db="/d/hello.db"} 100\n'
+        'litestream_sync_seconds{db="/d/hello.db"} 1.5\n'
     )
     after = parse_metrics(
         "hello_replication_syncs_total 30.0\n"
@@ -314,6 +316,8 @@ def test_the_durability_probe_reads_both_sets_of_series() -> None:
         'hello_replication_acks_total{outcome="timeout"} 5.0\n'
         'litestream_replica_operation_total{operation="PUT",replica_type="s3"} 90\n'
         'litestream_replica_operation_total{operation="DELETE",replica_type="s3"} 7\n'
+        'litestream_sync_count{db="/d/hello.db"} 140\n'
+        'litestream_sync_seconds{db="/d/hello.db"} 1.7\n'
     )
     assert total(before, "litestream_replica_operation_total") == 57
     assert total(after, "hello_replication_acks_total", outcome="timeout") == 5
@@ -324,6 +328,7 @@ def test_the_durability_probe_reads_both_sets_of_series() -> None:
     assert traffic.litestream_puts_per_s == 4.0
     assert traffic.acks == {"confirmed": 395, "timeout": 5, "unavailable": 0}
     assert traffic.puts_per_sync == 20.0
+    assert traffic.db_sync_ms == pytest.approx(5.0)  # 0.2 s over 40 syncs
     assert [(c.mode, c.network) for c in configurations(0.02)] == [
         ("local", "loopback"), ("replicated", "loopback"),
         ("local", "+20 ms each way"), ("replicated", "+20 ms each way"),
@@ -333,7 +338,9 @@ def test_the_durability_probe_reads_both_sets_of_series() -> None:
 
 def test_the_durability_tables_show_the_503s_the_syncs_and_the_cost() -> None:
     store = {"PUT": 1.0, "LIST": 0.1, "GET": 0.0, "DELETE": 0.0}
-    replicated = Traffic(20.0, store, 0.9, 10.0, 4.5, {"confirmed": 890, "timeout": 10, "unavailable": 0})
+    replicated = Traffic(
+        20.0, store, 0.9, 10.0, 4.5, {"confirmed": 890, "timeout": 10, "unavailable": 0}, 3.25
+    )
     local = Traffic(20.0, store, 0.9, 0.0, None, {"confirmed": 0, "timeout": 0, "unavailable": 0})
     rows = [
         DurabilityRow("local", "loopback", 3000.0, 15.0, 40.0, 60.0, 70.0, 0, 0, local),
@@ -349,10 +356,10 @@ def test_the_durability_tables_show_the_503s_the_syncs_and_the_cost() -> None:
     results.durability, results.steady, results.durability_s = rows, steady, 20.0
     text = durability_table(results)
     row = "| replicated | +20 ms each way | 450 | 130.00 | 260.00 | 2001.00 | 2002.50 | 10 | 0 |"
-    assert f"{row} 0.9 | 1.1 | 10.0 | 4.5 |" in text
+    assert f"{row} 0.9 | 1.1 | 10.0 | 4.5 | 3.2 |" in text
     assert "| local | loopback | 3,000 |" in text and text.count("|  |  |") == 1
     row = "| replicated | +20 ms each way | 50 | 49.9 | 100.00 | 170.00 | 180.00 | 0 |"
-    assert f"{row} 10.0 | 4.5 | 1.00 | 0.10 | 0.00 | 0.00 | 0.90 |" in steady_table(results)
+    assert f"{row} 10.0 | 4.5 | 1.00 | 0.10 | 0.00 | 0.00 | 0.90 | 3.2 |" in steady_table(results)
     cost = cost_table(results)
     assert "| replicated | +20 ms each way | 50 | 1.10 | 2,851,200 | 2,851,200 | 14.26 | 14.26 |" in cost
     assert "2,592,000 s" in cost and "aws.amazon.com/s3/pricing" in cost and "tigrisdata.com/pricing" in cost

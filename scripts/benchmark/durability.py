@@ -139,6 +139,7 @@ class Probe:
             outcome: round(delta("hello_replication_acks_total", outcome=outcome))
             for outcome in ("confirmed", "timeout", "unavailable")
         }
+        db_syncs = delta("litestream_sync_count")
         return Traffic(
             seconds=seconds,
             store_rps=per_second(self.log.count(self.prefix, before.log_offset, after.log_offset), seconds),
@@ -146,6 +147,7 @@ class Probe:
             syncs_per_s=syncs / seconds,
             puts_per_sync=sum(acks.values()) / syncs if syncs else None,
             acks=acks,
+            db_sync_ms=delta("litestream_sync_seconds") / db_syncs * 1000 if db_syncs else None,
         )
 
 
@@ -195,7 +197,8 @@ def _describe(traffic: Traffic) -> str:
     return (
         f"store {sum(traffic.store_rps.values()):6.1f} req/s "
         f"(litestream PUT {traffic.litestream_puts_per_s:6.1f}/s) "
-        f"syncs {traffic.syncs_per_s:6.1f}/s puts/sync {per_sync} acks {traffic.acks}"
+        f"syncs {traffic.syncs_per_s:6.1f}/s puts/sync {per_sync} acks {traffic.acks} "
+        f"litestream db sync {traffic.db_sync_ms or 0:.1f} ms"
     )
 
 

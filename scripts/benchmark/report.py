@@ -86,16 +86,21 @@ def _syncs(traffic: Traffic) -> str:
     return f"{traffic.syncs_per_s:.1f}" if traffic.puts_per_sync is not None else ""
 
 
+def _db_sync(traffic: Traffic) -> str:
+    return f"{traffic.db_sync_ms:.1f}" if traffic.db_sync_ms is not None else ""
+
+
 def durability_table(results: Results) -> str:
     """wrk's PUTs on the whole stack, per DURABILITY and round trip to the store."""
     header = (
         "DURABILITY", "store", "PUT 2xx/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "non-2xx",
-        "socket errors", "Litestream PUT/s", "store req/s", "syncs/s", "PUTs per sync",
+        "socket errors", "Litestream PUT/s", "store req/s", "syncs/s", "PUTs per sync", "WAL to LTX ms",
     )  # fmt: skip
     rows = (
         (r.mode, r.network, f"{r.ok_rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.p999_ms:.2f}",
          f"{r.max_ms:.2f}", f"{r.non2xx:,}", f"{r.socket_errors:,}", f"{r.traffic.litestream_puts_per_s:.1f}",
-         f"{sum(r.traffic.store_rps.values()):.1f}", _syncs(r.traffic), _per_sync(r.traffic))
+         f"{sum(r.traffic.store_rps.values()):.1f}", _syncs(r.traffic), _per_sync(r.traffic),
+         _db_sync(r.traffic))
         for r in results.durability
     )  # fmt: skip
     note = (
@@ -104,7 +109,8 @@ def durability_table(results: Results) -> str:
         "not confirm within REPLICATION_ACK_TIMEOUT (counted, and in the latencies). Litestream PUT/s: its "
         "own counter (litestream_replica_operation_total); store req/s: every request the store logged under "
         "the configuration's prefix (LISTs, GETs and the writer lease's too). PUTs per sync: PUTs answered "
-        "(any outcome) per sync the service sent."
+        "(any outcome) per sync the service sent. WAL to LTX ms: Litestream's mean time to cut new WAL "
+        "frames into a local file (litestream_sync_seconds / litestream_sync_count), a sync's local part."
     )
     return "\n".join([*markdown_table(header, rows), "", note])
 
@@ -114,11 +120,13 @@ def steady_table(results: Results) -> str:
     header = (
         "DURABILITY", "store", "offered PUT/s", "PUT 2xx/s", "p50 ms", "p99 ms", "max ms", "not 2xx",
         "syncs/s", "PUTs per sync", *(f"store {op}/s" for op in OPERATIONS), "Litestream PUT/s",
+        "WAL to LTX ms",
     )  # fmt: skip
     rows = (
         (r.mode, r.network, f"{r.offered_rps:,.0f}", f"{r.ok_rps:,.1f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
          f"{r.max_ms:.2f}", f"{r.not_ok:,}", _syncs(r.traffic), _per_sync(r.traffic),
-         *(f"{r.traffic.store_rps[op]:.2f}" for op in OPERATIONS), f"{r.traffic.litestream_puts_per_s:.2f}")
+         *(f"{r.traffic.store_rps[op]:.2f}" for op in OPERATIONS), f"{r.traffic.litestream_puts_per_s:.2f}",
+         _db_sync(r.traffic))
         for r in results.steady
     )  # fmt: skip
     note = (

@@ -51,6 +51,9 @@ class Traffic:
     syncs_per_s: float  # hello_replication_syncs_total
     puts_per_sync: float | None  # PUTs acknowledged (any outcome) per sync; None without syncs
     acks: dict[str, int]  # hello_replication_acks_total by outcome
+    # Litestream's mean time to copy new WAL frames into a local LTX file (litestream_sync_seconds over
+    # litestream_sync_count): the local part of a sync, before the upload; None without syncs.
+    db_sync_ms: float | None = None
 
 
 @dataclass
