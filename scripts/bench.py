@@ -6,15 +6,20 @@ scenario: requests/s, p50, p99, errors (socket errors and any non-2xx answer), t
 RSS and our figure as a share of the reference. It also times start-up to ``/readyz`` 200 and,
 when the production stack files are present, runs the write scenarios through ``scripts/start.sh``
 (Litestream replicating to a folder) and times a ``litestream restore`` of a 1,000,000-user
-database from a local S3 server. The PostgreSQL profile runs GET, PUT and the mix too: the same
+database from a local S3 server. The durability scenarios run the whole stack replicating to that
+local S3 server, directly and through a relay that adds 20 ms each way, with DURABILITY local and
+replicated: wrk's PUTs, PUTs at fixed rates, and the object-store requests each makes, priced per
+month (scripts/benchmark/durability.py). The PostgreSQL profile runs GET, PUT and the mix too: the same
 service with ``DATABASE_URL`` pointing at a PostgreSQL server the bench starts on 127.0.0.1 (pinned to
 the server's core) and stops (``scripts/pg_cluster.py``). The table goes to standard output and
 ``docs/benchmarks.md`` style; the plot to ``docs/benchmarks.png``.
 
-    python scripts/bench.py [--only all|sqlite|postgres] [--duration SECONDS] [--rounds N] [--quick]
+    python scripts/bench.py [--only all|sqlite|postgres|sustained|durability] [--duration SECONDS]
+                            [--rounds N] [--sustained SECONDS] [--durability SECONDS] [--quick]
                             [--plot PATH] [--json PATH]
 
-Every load is bounded by ``wrk -d`` and every process started here is stopped before it exits.
+Every load is bounded (``wrk -d``, the paced client's ``--seconds``) and every process started here
+is stopped before it exits.
 """
 
 # The command alone: the bench's parts are in scripts/benchmark/, its wrk scripts in scripts/benchmark/lua/.
@@ -35,7 +40,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts.benchmark.profile import profile  # noqa: E402
-from scripts.benchmark.report import plot, say, sustained_table, table  # noqa: E402
+from scripts.benchmark.report import (  # noqa: E402
+    cost_table,
+    durability_table,
+    plot,
+    say,
+    steady_table,
+    sustained_table,
+    table,
+)
 from scripts.benchmark.run import run  # noqa: E402
 from scripts.benchmark.runner import Bench  # noqa: E402
 from scripts.benchmark.scenarios import OTHER_LOOP  # noqa: E402
@@ -53,16 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="samples of every scenario; medians are shown")
     parser.add_argument(
         "--only",
-        choices=("all", "sqlite", "postgres", "sustained"),
+        choices=("all", "sqlite", "postgres", "sustained", "durability"),
         default="all",
-        help="run only one profile's scenarios (each beside the bare app), or only the sustained writes; "
-        "the default runs everything",
+        help="run only one profile's scenarios (each beside the bare app), or only the sustained writes, or "
+        "only DURABILITY local against replicated; the default runs everything",
     )
     parser.add_argument(
         "--sustained",
         type=float,
         default=60.0,
         help="seconds of each sustained scenario (PUTs, the mix; server alone, whole stack); 0 skips them",
+    )
+    parser.add_argument(
+        "--durability",
+        type=float,
+        default=20.0,
+        help="seconds of each load of the durability scenarios (DURABILITY local and replicated, the store "
+        "on loopback and 20 ms away each way: PUTs at 50/s, at 500/s, then wrk's); 0 skips them",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: small databases, one 2 s round")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks.png")
@@ -98,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.duration, args.warmup, args.rounds = min(args.duration, 2.0), min(args.warmup, 1.0), 1
         args.sustained = min(args.sustained, 5.0)
+        args.durability = min(args.durability, 5.0)
     if shutil.which("wrk") is None:
         say("wrk is not installed: install it with `apt-get install wrk` (Debian's package)")
         return 2
@@ -138,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {note}")
     if results.sustained:
         print(f"\nSustained load\n\n{sustained_table(results)}")
+    if results.durability:
+        print(f"\nDurability: local or replicated\n\n{durability_table(results)}")
+    if results.steady:
+        print(f"\nSteady PUTs\n\n{steady_table(results)}")
+        print(f"\nObject-store requests at list prices\n\n{cost_table(results)}")
     if results.rows:
         plot(results, args.plot)
         print(f"\nplot: {args.plot}")

@@ -1,10 +1,12 @@
 """The benchmark's machinery without wrk: seeding, the reference app, the PostgreSQL server the bench
-starts, the report. No timings asserted.
+starts, the report, the durability scenarios' relay, paced client, request counting and prices. No
+timings asserted, but the relay's delay, which is a floor.
 
 The PostgreSQL test skips and says why without Debian's ``postgresql`` package, and fails instead when
 ``REQUIRE_POSTGRES=1`` or ``CI=true`` (``tests/pg_server.py``).
 """
 
+import asyncio
 import contextlib
 import os
 import re
@@ -15,12 +17,17 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-from pytest_aiohttp import AiohttpClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from scripts.bench_reference import create_reference_app
+from scripts.benchmark.durability import Mark, Probe, configurations, parse_metrics, total
+from scripts.benchmark.objectstore import RequestLog, count_requests, operation
+from scripts.benchmark.paced import paced_puts, percentile
 from scripts.benchmark.postgres import PostgresDatabases, postgres_databases
-from scripts.benchmark.report import plot, sustained_table, table
-from scripts.benchmark.results import Results, Row, SustainedRow
+from scripts.benchmark.pricing import S3_STANDARD, SECONDS_PER_MONTH, TIGRIS, per_month, per_second
+from scripts.benchmark.relay import DelayRelay
+from scripts.benchmark.report import cost_table, durability_table, plot, steady_table, sustained_table, table
+from scripts.benchmark.results import DurabilityRow, Results, Row, SteadyRow, SustainedRow, Traffic
 from scripts.benchmark.scenarios import scenarios, sustained_scenarios
 from scripts.benchmark.seed import birthday_for, seed_database, username_for
 from scripts.benchmark.servers import SERVER_CPU, peak_rss_mb
@@ -209,3 +216,153 @@ def test_the_timeline_names_the_stall_under_the_slowest_requests() -> None:
     assert "| lock | 1 | 40.00 | 40.00 | 40.00 | 0.04 | 0 |" in text
     assert "by the stall of 5 ms or more that overlapped each most: lock 2." in text
     assert "lock" in text.split("Around the slowest request")[1]
+
+
+async def test_the_relay_forwards_both_ways_and_adds_its_delay_each_way() -> None:
+    received = bytearray()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            received.extend(data)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    delay = 0.05
+    try:
+        async with DelayRelay(server.sockets[0].getsockname()[1], delay) as relay:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            chunks = [b"first", bytes(range(256)) * 1000, b"last"]
+            started = time.monotonic()
+            for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+            echoed = await reader.readexactly(sum(map(len, chunks)))
+            round_trip = time.monotonic() - started
+            writer.write_eof()
+            assert await reader.read() == b""  # the echo server's end of stream came through
+            writer.close()
+            assert echoed == b"".join(chunks) == bytes(received)  # in order, both ways
+            assert round_trip >= 2 * delay
+            assert relay.connections == 1 and relay.bytes_up == relay.bytes_down == len(echoed)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_paced_client_sends_every_put_and_counts_the_answers(aiohttp_server: AiohttpServer) -> None:
+    server = await aiohttp_server(create_reference_app())
+    assert server.port is not None
+    load = await paced_puts(server.port, rate=200.0, seconds=0.1)
+    assert load.sent == 20 and load.statuses == {"204": 20}
+    assert load.ok == 20 and load.not_ok == 0
+    assert 0 < load.p50_ms <= load.p99_ms <= load.max_ms
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0 and percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
+
+
+def test_a_month_of_requests_costs_list_prices() -> None:
+    assert SECONDS_PER_MONTH == 2_592_000
+    assert per_month(1.0) == 2_592_000
+    # One PUT a second for a month: 2,592,000 requests at $0.005 per 1,000, on either list.
+    assert S3_STANDARD.monthly_usd({"PUT": 1.0}) == pytest.approx(12.96)
+    assert TIGRIS.monthly_usd({"PUT": 1.0}) == pytest.approx(12.96)
+    # LIST is priced as a PUT; GET is cheaper, and not the same on both; DELETE is free.
+    rates = {"PUT": 10.0, "LIST": 1.0, "GET": 2.0, "DELETE": 5.0}
+    assert S3_STANDARD.monthly_usd(rates) == pytest.approx(11 * 12.96 + 2 * 2.592 * 0.4)
+    assert TIGRIS.monthly_usd(rates) == pytest.approx(11 * 12.96 + 2 * 2.592 * 0.5)
+    assert per_second({"PUT": 30, "LIST": 3}, 20.0) == {"PUT": 1.5, "LIST": 0.15, "GET": 0.0, "DELETE": 0.0}
+
+
+def test_the_store_requests_are_counted_by_price_class_under_one_prefix(tmp_path: Path) -> None:
+    assert operation("PUT", "/bench/p/hello.db/0000/1-1.ltx?x-id=PutObject") == "PUT"
+    assert operation("GET", "/bench?list-type=2&prefix=p/hello.db/0000/") == "LIST"
+    assert operation("GET", "/bench/p/hello.db/writer-lease.json") == "GET"
+    assert operation("HEAD", "/bench/p/hello.db/0000/1-1.ltx") == "GET"
+    assert operation("POST", "/bench?delete") == "DELETE"
+    assert operation("DELETE", "/bench/p/hello.db/0000/1-1.ltx") == "DELETE"
+    log = tmp_path / "moto.log"
+    at = "127.0.0.1 - - [07/Dec/2026 02:05:56]"
+    lines = [
+        f'{at} "PUT /bench HTTP/1.1" 200 -',
+        f'{at} "\x1b[33mGET /bench/p/hello.db/writer-lease.json HTTP/1.1\x1b[0m" 404 -',
+        f'{at} "PUT /bench/p/hello.db/writer-lease.json HTTP/1.1" 200 -',
+        f'{at} "GET /bench?list-type=2&prefix=p%2Fhello.db%2F0000%2F HTTP/1.1" 200 -',
+        f'{at} "PUT /bench/p/hello.db/0000/2-2.ltx?x-id=PutObject HTTP/1.1" 200 -',
+        f'{at} "PUT /bench/other/hello.db/0000/2-2.ltx HTTP/1.1" 200 -',
+        f'{at} "GET /bench?list-type=2&prefix=other/hello.db/ HTTP/1.1" 200 -',
+    ]
+    text = "\n".join(lines) + "\n"
+    assert count_requests(text, "bench", "p") == {"GET": 1, "PUT": 2, "LIST": 1}
+    log.write_text(text + f'{at} "PUT /bench/p/x')  # a line being written
+    requests = RequestLog(log)
+    end = requests.offset()
+    assert end == len(text.encode())
+    assert requests.count("p", 0, end) == {"GET": 1, "PUT": 2, "LIST": 1}
+    assert requests.count("p", len(lines[0]) + 1, end)["PUT"] == 2
+
+
+def test_the_durability_probe_reads_both_sets_of_series() -> None:
+    before = parse_metrics(
+        "# HELP hello_replication_syncs_total Syncs\n"
+        "hello_replication_syncs_total 10.0\n"
+        'hello_replication_acks_total{outcome="confirmed"} 100.0\n'
+        'hello_replication_acks_total{outcome="timeout"} 0.0\n'
+        'litestream_replica_operation_total{operation="PUT",replica_type="s3"} 50\n'
+        'litestream_replica_operation_total{operation="DELETE",replica_type="s3"} 7\n'
+        'litestream_sync_count{db="/d/hello.db"} 100\n'
+        'litestream_sync_seconds{db="/d/hello.db"} 1.5\n'
+    )
+    after = parse_metrics(
+        "hello_replication_syncs_total 30.0\n"
+        'hello_replication_acks_total{outcome="confirmed"} 495.0\n'
+        'hello_replication_acks_total{outcome="timeout"} 5.0\n'
+        'litestream_replica_operation_total{operation="PUT",replica_type="s3"} 90\n'
+        'litestream_replica_operation_total{operation="DELETE",replica_type="s3"} 7\n'
+        'litestream_sync_count{db="/d/hello.db"} 140\n'
+        'litestream_sync_seconds{db="/d/hello.db"} 1.7\n'
+    )
+    assert total(before, "litestream_replica_operation_total") == 57
+    assert total(after, "hello_replication_acks_total", outcome="timeout") == 5
+    probe = Probe.__new__(Probe)
+    probe.prefix, probe.log = "p", RequestLog(Path(os.devnull))
+    traffic = probe.traffic(Mark(100.0, before, 0), Mark(110.0, after, 0))
+    assert traffic.seconds == 10.0 and traffic.syncs_per_s == 2.0
+    assert traffic.litestream_puts_per_s == 4.0
+    assert traffic.acks == {"confirmed": 395, "timeout": 5, "unavailable": 0}
+    assert traffic.puts_per_sync == 20.0
+    assert traffic.db_sync_ms == pytest.approx(5.0)  # 0.2 s over 40 syncs
+    assert [(c.mode, c.network) for c in configurations(0.02)] == [
+        ("local", "loopback"), ("replicated", "loopback"),
+        ("local", "+20 ms each way"), ("replicated", "+20 ms each way"),
+    ]  # fmt: skip
+    assert len({c.slug for c in configurations(0.02)}) == 4
+
+
+def test_the_durability_tables_show_the_503s_the_syncs_and_the_cost() -> None:
+    store = {"PUT": 1.0, "LIST": 0.1, "GET": 0.0, "DELETE": 0.0}
+    replicated = Traffic(
+        20.0, store, 0.9, 10.0, 4.5, {"confirmed": 890, "timeout": 10, "unavailable": 0}, 3.25
+    )
+    local = Traffic(20.0, store, 0.9, 0.0, None, {"confirmed": 0, "timeout": 0, "unavailable": 0})
+    rows = [
+        DurabilityRow("local", "loopback", 3000.0, 15.0, 40.0, 60.0, 70.0, 0, 0, local),
+        DurabilityRow(
+            "replicated", "+20 ms each way", 450.0, 130.0, 260.0, 2001.0, 2002.5, 10, 0, replicated
+        ),
+    ]
+    steady = [
+        SteadyRow("replicated", "+20 ms each way", 50.0, 49.9, 100.0, 170.0, 180.0, 0, replicated,
+                  per_month(1.1), {S3_STANDARD.name: 14.26, TIGRIS.name: 14.26}),
+    ]  # fmt: skip
+    results = Results("2 cores", "python scripts/bench.py --only durability", 8.0, 1)
+    results.durability, results.steady, results.durability_s = rows, steady, 20.0
+    text = durability_table(results)
+    row = "| replicated | +20 ms each way | 450 | 130.00 | 260.00 | 2001.00 | 2002.50 | 10 | 0 |"
+    assert f"{row} 0.9 | 1.1 | 10.0 | 4.5 | 3.2 |" in text
+    assert "| local | loopback | 3,000 |" in text and text.count("|  |  |") == 1
+    row = "| replicated | +20 ms each way | 50 | 49.9 | 100.00 | 170.00 | 180.00 | 0 |"
+    assert f"{row} 10.0 | 4.5 | 1.00 | 0.10 | 0.00 | 0.00 | 0.90 | 3.2 |" in steady_table(results)
+    cost = cost_table(results)
+    assert "| replicated | +20 ms each way | 50 | 1.10 | 2,851,200 | 2,851,200 | 14.26 | 14.26 |" in cost
+    assert "2,592,000 s" in cost and "aws.amazon.com/s3/pricing" in cost and "tigrisdata.com/pricing" in cost

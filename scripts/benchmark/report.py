@@ -6,7 +6,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from scripts.benchmark.results import Results, Row, SustainedRow
+from scripts.benchmark.pricing import OPERATIONS, PRICE_LISTS, SECONDS_PER_MONTH
+from scripts.benchmark.results import Results, Row, SustainedRow, Traffic
 from scripts.benchmark.wrk import CONNECTIONS
 
 LABELS = {
@@ -73,6 +74,92 @@ def sustained_table(results: Results) -> str:
         f"One run of {results.sustained_s:g} s each after a 2 s warm-up, {CONNECTIONS} connections. WAL max: "
         "the largest size of hello.db-wal, sampled every 50 ms. RSS: the worker's resident set after the "
         "warm-up and at the end of the load."
+    )
+    return "\n".join([*markdown_table(header, rows), "", note])
+
+
+def _per_sync(traffic: Traffic) -> str:
+    return f"{traffic.puts_per_sync:.1f}" if traffic.puts_per_sync is not None else ""
+
+
+def _syncs(traffic: Traffic) -> str:
+    return f"{traffic.syncs_per_s:.1f}" if traffic.puts_per_sync is not None else ""
+
+
+def _db_sync(traffic: Traffic) -> str:
+    return f"{traffic.db_sync_ms:.1f}" if traffic.db_sync_ms is not None else ""
+
+
+def durability_table(results: Results) -> str:
+    """wrk's PUTs on the whole stack, per DURABILITY and round trip to the store."""
+    header = (
+        "DURABILITY", "store", "PUT 2xx/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "non-2xx",
+        "socket errors", "Litestream PUT/s", "store req/s", "syncs/s", "PUTs per sync", "WAL to LTX ms",
+    )  # fmt: skip
+    rows = (
+        (r.mode, r.network, f"{r.ok_rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.p999_ms:.2f}",
+         f"{r.max_ms:.2f}", f"{r.non2xx:,}", f"{r.socket_errors:,}", f"{r.traffic.litestream_puts_per_s:.1f}",
+         f"{sum(r.traffic.store_rps.values()):.1f}", _syncs(r.traffic), _per_sync(r.traffic),
+         _db_sync(r.traffic))
+        for r in results.durability
+    )  # fmt: skip
+    note = (
+        f"wrk, {CONNECTIONS} connections, {results.durability_s:g} s after a 2 s warm-up, on the whole stack "
+        "replicating to moto on loopback, directly or through the relay. non-2xx: 503s when the replica did "
+        "not confirm within REPLICATION_ACK_TIMEOUT (counted, and in the latencies). Litestream PUT/s: its "
+        "own counter (litestream_replica_operation_total); store req/s: every request the store logged under "
+        "the configuration's prefix (LISTs, GETs and the writer lease's too). PUTs per sync: PUTs answered "
+        "(any outcome) per sync the service sent. WAL to LTX ms: Litestream's mean time to cut new WAL "
+        "frames into a local file (litestream_sync_seconds / litestream_sync_count), a sync's local part."
+    )
+    return "\n".join([*markdown_table(header, rows), "", note])
+
+
+def steady_table(results: Results) -> str:
+    """PUTs at fixed rates: latency and what reaches the store, by operation."""
+    header = (
+        "DURABILITY", "store", "offered PUT/s", "PUT 2xx/s", "p50 ms", "p99 ms", "max ms", "not 2xx",
+        "syncs/s", "PUTs per sync", *(f"store {op}/s" for op in OPERATIONS), "Litestream PUT/s",
+        "WAL to LTX ms",
+    )  # fmt: skip
+    rows = (
+        (r.mode, r.network, f"{r.offered_rps:,.0f}", f"{r.ok_rps:,.1f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+         f"{r.max_ms:.2f}", f"{r.not_ok:,}", _syncs(r.traffic), _per_sync(r.traffic),
+         *(f"{r.traffic.store_rps[op]:.2f}" for op in OPERATIONS), f"{r.traffic.litestream_puts_per_s:.2f}",
+         _db_sync(r.traffic))
+        for r in results.steady
+    )  # fmt: skip
+    note = (
+        f"PUTs sent at a fixed rate for {results.durability_s:g} s each (an open loop: latency counts from "
+        "when each was due). Store requests by price class, from the store's own log: PUT (and COPY, POST), "
+        "LIST, GET (and HEAD), DELETE (and DeleteObjects)."
+    )
+    return "\n".join([*markdown_table(header, rows), "", note])
+
+
+def cost_table(results: Results) -> str:
+    """The steady loads' store requests, per month and at list prices."""
+    names = [prices.name for prices in PRICE_LISTS]
+    header = (
+        "DURABILITY", "store", "PUT/s", "store req/s", "req/month", "PUT-class req/month",
+        *(f"{name} $/month" for name in names),
+    )  # fmt: skip
+    rows = (
+        (r.mode, r.network, f"{r.offered_rps:,.0f}", f"{sum(r.traffic.store_rps.values()):.2f}",
+         f"{r.requests_per_month:,.0f}",
+         f"{(r.traffic.store_rps['PUT'] + r.traffic.store_rps['LIST']) * SECONDS_PER_MONTH:,.0f}",
+         *(f"{r.usd_per_month[name]:,.2f}" for name in names))
+        for r in results.steady
+    )  # fmt: skip
+    prices = "; ".join(
+        f"{p.name}: "
+        + ", ".join(f"{op} ${p.usd_per_thousand[op]:g}" for op in OPERATIONS)
+        + f" per 1,000 ({p.source})"
+        for p in PRICE_LISTS
+    )
+    note = (
+        f"A month is {SECONDS_PER_MONTH:,} s (30 days) at the measured rate. List prices, without free "
+        f"tiers, as published in 2026 and subject to change: {prices}."
     )
     return "\n".join([*markdown_table(header, rows), "", note])
 

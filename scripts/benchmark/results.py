@@ -40,6 +40,56 @@ class SustainedRow:
 
 
 @dataclass
+class Traffic:
+    """What one window of load cost the replica: object-store requests per second by price class
+    (counted by the store: every request under the configuration's prefix, the writer lease's too),
+    Litestream's own count of its uploads, and the service's syncs (DURABILITY=replicated)."""
+
+    seconds: float
+    store_rps: dict[str, float]  # PUT, LIST, GET, DELETE (scripts/benchmark/pricing.py)
+    litestream_puts_per_s: float  # litestream_replica_operation_total{operation="PUT"}
+    syncs_per_s: float  # hello_replication_syncs_total
+    puts_per_sync: float | None  # PUTs acknowledged (any outcome) per sync; None without syncs
+    acks: dict[str, int]  # hello_replication_acks_total by outcome
+    # Litestream's mean time to copy new WAL frames into a local LTX file (litestream_sync_seconds over
+    # litestream_sync_count): the local part of a sync, before the upload; None without syncs.
+    db_sync_ms: float | None = None
+
+
+@dataclass
+class DurabilityRow:
+    """One configuration (DURABILITY, the round trip to the store) under wrk's PUTs, as fast as it answers."""
+
+    mode: str  # local or replicated
+    network: str  # loopback, or the delay the relay adds
+    ok_rps: float  # 2xx answers per second
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    non2xx: int
+    socket_errors: int
+    traffic: Traffic
+
+
+@dataclass
+class SteadyRow:
+    """One configuration under PUTs sent at a fixed rate, and what its object-store requests cost."""
+
+    mode: str
+    network: str
+    offered_rps: float
+    ok_rps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    not_ok: int  # answers outside 2xx, and requests with no answer
+    traffic: Traffic
+    requests_per_month: float  # every store request, at this rate for 30 days
+    usd_per_month: dict[str, float]  # by price list
+
+
+@dataclass
 class Results:
     machine: str
     command: str
@@ -52,3 +102,6 @@ class Results:
     notes: list[str] = field(default_factory=list)
     sustained: list[SustainedRow] = field(default_factory=list)
     sustained_s: float = 0.0
+    durability: list[DurabilityRow] = field(default_factory=list)
+    steady: list[SteadyRow] = field(default_factory=list)
+    durability_s: float = 0.0

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from scripts.benchmark.durability import run_durability
 from scripts.benchmark.postgres import PostgresDatabases, postgres_databases
 from scripts.benchmark.report import say
 from scripts.benchmark.restore import time_restore
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
     with_sqlite = args.only in ("all", "sqlite")
     with_postgres = args.only in ("all", "postgres")
     with_sustained = args.sustained > 0 and args.only in ("all", "sqlite", "sustained")
+    with_durability = args.durability > 0 and args.only in ("all", "durability")
     seeded: dict[int, Path] = {}
     for users in (small, medium, large) if with_sqlite else (medium,):
         started = time.perf_counter()
@@ -62,6 +64,10 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
         seed_database(seeded[users], users)
         say(f"seeded {users:,} users in {time.perf_counter() - started:.1f} s")
     with_stack = args.only != "postgres" and stack_available()
+    if args.only == "durability" and not with_stack:
+        raise RuntimeError(
+            "the durability scenarios need the production stack: scripts/start.sh and litestream.yml"
+        )
     with contextlib.ExitStack() as stack:
         database: PostgresDatabases | None = None
         if with_postgres:
@@ -103,6 +109,9 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
             results.sustained_s = args.sustained
             plan = sustained_scenarios(medium, with_stack, before=args.before is not None)
             results.sustained = run_sustained(bench, plan, args.sustained)
+        if with_durability and with_stack:
+            results.durability_s = args.durability
+            results.durability, results.steady = run_durability(bench, medium, args.durability)
     if not with_sqlite:
         return results
     return finish(workdir, results, seeded[large], large, with_stack)

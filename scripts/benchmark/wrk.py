@@ -23,6 +23,7 @@ class Load:
     p99_ms: float
     p999_ms: float = 0.0
     max_ms: float = 0.0
+    non2xx: int = 0  # answers outside 2xx, also counted in errors
 
     @property
     def rps(self) -> float:
@@ -60,5 +61,6 @@ def run_wrk(port: int, script: Path, seconds: float) -> Load:
                 p99_ms=raw["p99_us"] / 1000,
                 p999_ms=raw["p999_us"] / 1000,
                 max_ms=raw["max_us"] / 1000,
+                non2xx=raw["non2xx"],
             )
     raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
