@@ -106,7 +106,7 @@ class Serving:
         )
         self.litestream.stop(final_sync=not unsure)
         if not unsure:
-            release_quietly(self.lease)
+            self._release()
         return 1
 
     def _after_litestream_exit(self) -> int:
@@ -116,8 +116,14 @@ class Serving:
         )
         # No write can succeed any more: a short drain for the reads in flight, no more.
         stop_process(self.gunicorn, signal.SIGTERM, _DRAIN_WITHOUT_LITESTREAM_SECONDS)
-        release_quietly(self.lease)
+        self._release()
         return 1
+
+    def _release(self) -> str | None:
+        """Stop renewing first: a renewal in flight with the same ETag would win over the release and
+        leave the lease held until it lapses."""
+        self.keeper.stop()
+        return release_quietly(self.lease)
 
     def stop(self, unsure: bool) -> int:
         """``unsure``: fenced or paused when the stop came; Litestream then makes no final sync."""
@@ -131,7 +137,7 @@ class Serving:
             log.warning("stopped without Litestream's final sync: this stack may no longer hold the lease")
             return 1
         synced = self.litestream.stop(final_sync=True)
-        problem = release_quietly(self.lease)
+        problem = self._release()
         if problem:
             log.warning("could not release the writer lease; it lapses by itself", extra={"reason": problem})
         log.info(
