@@ -170,7 +170,7 @@ def app_name(fly_toml: Path) -> str:
     return name
 
 
-def _read_json(text: str) -> object:
+def read_json(text: str) -> object:
     try:
         document: object = json.loads(text or "null")
     except json.JSONDecodeError as exc:
@@ -194,11 +194,11 @@ def main(argv: Sequence[str]) -> int:
         if command == "app-name" and len(args) == 1:
             print(app_name(Path(args[0])))
         elif command == "current-image" and not args:
-            print(current_image(_read_json(sys.stdin.read())))
+            print(current_image(read_json(sys.stdin.read())))
         elif command == "missing-secrets":
-            print(" ".join(missing_secrets(_read_json(sys.stdin.read()), args)))
+            print(" ".join(missing_secrets(read_json(sys.stdin.read()), args)))
         elif command == "one-machine" and len(args) == 1:
-            verdict = one_machine_verdict(args[0], parse_machines(_read_json(sys.stdin.read())))
+            verdict = one_machine_verdict(args[0], parse_machines(read_json(sys.stdin.read())))
             print(verdict.message)
             return 0 if verdict.ok else 1
         else:
