@@ -271,7 +271,7 @@ class S3Server:
 
     def lease_lapsed(self, prefix: str) -> bool:
         """Whether the writer lease under ``prefix`` has lapsed (or was released), by the store's clock,
-        as a starting stack judges it (service/stack/lease.py): another may take it over now."""
+        as a starting stack judges it (service/stack/lease/s3.py): another may take it over now."""
         answer = self.client().get_object(Bucket=self.bucket, Key=f"{prefix}/writer-lease.json")
         document = json.loads(answer["Body"].read())
         now = parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["date"])
