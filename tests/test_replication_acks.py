@@ -174,7 +174,7 @@ async def test_a_failed_sync_fails_its_puts_at_once(
     assert answer.status == 503
     assert time.monotonic() - began < 4, "a round that failed must not wait for the timeout"
     assert "control socket could not be reached" in (await answer.json())["detail"]
-    assert client.app[keys.METRICS].replication_acks == {"unavailable": 1}
+    assert client.app[keys.METRICS].replication_acks == {"failed": 1}
 
 
 async def test_the_series_are_served_in_replicated_mode_only(

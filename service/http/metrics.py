@@ -91,11 +91,11 @@ class _RequestCollector(Collector):
             acks = CounterMetricFamily(
                 "hello_replication_acks",
                 "PUTs committed in DURABILITY=replicated, by outcome: confirmed (204: the replica holds "
-                "the write), timeout (503: not confirmed within REPLICATION_ACK_TIMEOUT), unavailable "
-                "(503: the sync failed, or writes were refused after the commit).",
+                "the write), timeout (503: not confirmed within REPLICATION_ACK_TIMEOUT), failed (503: "
+                "the sync came back with an error), unavailable (503: writes refused after the commit).",
                 labels=("outcome",),
             )
-            for outcome in ("confirmed", "timeout", "unavailable"):
+            for outcome in ("confirmed", "timeout", "failed", "unavailable"):
                 acks.add_metric([outcome], metrics.replication_acks.get(outcome, 0))
             yield acks
             yield metrics.replication_wait.family()

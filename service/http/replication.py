@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 class Unconfirmed(Exception):
     """The replica did not confirm the commit; the message says what happened, ``outcome`` is the
-    label it is counted under (``timeout`` or ``unavailable``)."""
+    label it is counted under: ``timeout`` (no answer in time), ``failed`` (the sync came back with an
+    error, or the socket could not be reached), ``unavailable`` (writes refused meanwhile: Litestream
+    gone, the lease lost or lapsed)."""
 
     def __init__(self, reason: str, outcome: str = "unavailable") -> None:
         super().__init__(reason)
@@ -122,7 +124,7 @@ class ReplicationAcks:
                 if problem is None:
                     waiter.set_result(None)
                 else:
-                    waiter.set_exception(Unconfirmed(problem))
+                    waiter.set_exception(Unconfirmed(problem, "failed"))
             self._in_flight = None
             if self._next.waiters and not _stopping():
                 self._start_round()

@@ -5,8 +5,8 @@ a root-owned empty folder as its volume (as Fly mounts one), write a user, stop 
 `docker stop` and Fly's kill_signal do) and check it exits 0, then start a new container on a new empty
 volume: start.sh restores the user from the replica, and the service answers for it.
 
-The S3 store is the moto server of tests/drills/stack.py (the s3_server fixture) on 127.0.0.1; the containers use the
-host's network so that they reach it, and bind every port to 127.0.0.1.
+The S3 store is the moto server of the s3_server fixture (tests/drills/stack.py) on 127.0.0.1; the
+containers use the host's network so that they reach it, and bind every port to 127.0.0.1.
 
 Needs a Docker engine. Where none answers the drill skips, unless REQUIRE_DOCKER=1 (CI sets it in
 .ci/run, which installs and starts one), where it fails instead. The base image is CONTAINER_BASE_IMAGE
