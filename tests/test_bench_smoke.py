@@ -1,6 +1,7 @@
 """The benchmark's machinery without wrk: seeding, the reference app, the PostgreSQL server the bench
-starts, the report, the durability scenarios' relay, paced client, request counting and prices. No
-timings asserted, but the relay's delay, which is a floor.
+starts, the report, the durability scenarios' relay, the open-loop client and its rates, request
+counting and prices. No timings asserted, but floors: the relay's delay, and a server's stall in the
+open-loop client's latencies.
 
 The PostgreSQL test skips and says why without Debian's ``postgresql`` package, and fails instead when
 ``REQUIRE_POSTGRES=1`` or ``CI=true`` (``tests/pg_server.py``).
@@ -8,21 +9,24 @@ The PostgreSQL test skips and says why without Debian's ``postgresql`` package, 
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from scripts.bench_reference import create_reference_app
 from scripts.benchmark.durability import Mark, Probe, configurations, parse_metrics, total
 from scripts.benchmark.objectstore import RequestLog, count_requests, operation
-from scripts.benchmark.paced import paced_puts, percentile
+from scripts.benchmark.paced import make_requests, paced, paced_puts, percentile
 from scripts.benchmark.postgres import PostgresDatabases, postgres_databases
 from scripts.benchmark.pricing import S3_STANDARD, SECONDS_PER_MONTH, TIGRIS, per_month, per_second
 from scripts.benchmark.relay import DelayRelay
@@ -366,3 +370,91 @@ def test_the_durability_tables_show_the_503s_the_syncs_and_the_cost() -> None:
     cost = cost_table(results)
     assert "| replicated | +20 ms each way | 50 | 1.10 | 2,851,200 | 2,851,200 | 14.26 | 14.26 |" in cost
     assert "2,592,000 s" in cost and "aws.amazon.com/s3/pricing" in cost and "tigrisdata.com/pricing" in cost
+
+
+class StallingServer:
+    """An aiohttp app on loopback in a thread of its own, with its own event loop: GET and PUT
+    /hello/{name} answer at once, but request number ``stall_at`` blocks that loop for ``stall``
+    seconds, so that nothing is answered meanwhile (as a worker stuck in a checkpoint)."""
+
+    def __init__(self, stall_at: int, stall: float) -> None:
+        self.stall_at, self.stall = stall_at, stall
+        self.seen = 0
+        self.port = 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="stalling-server", daemon=True)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.seen += 1
+        if self.seen == self.stall_at:
+            time.sleep(self.stall)  # the point: the whole server stops
+        if request.method == "PUT":
+            await request.read()
+            return web.Response(status=204)
+        return web.json_response({"message": "Hello"})
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_route("*", "/hello/{name}", self.answer)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        assert runner.addresses
+        self.port = runner.addresses[0][1]
+        return runner
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator["StallingServer"]:
+        self.thread.start()
+        runner = asyncio.run_coroutine_threadsafe(self.start(), self.loop).result(timeout=10)
+        try:
+            yield self
+        finally:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), self.loop).result(timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
+
+
+async def test_the_open_loop_client_counts_a_stall_for_every_request_due_during_it() -> None:
+    rate, stall = 100.0, 0.2
+    async with StallingServer(stall_at=30, stall=stall).running() as server:
+        # One connection: the requests due during the stall cannot even be sent, as with wrk's; but
+        # here each counts from its due time, not from when it could be sent.
+        load = await paced(server.port, rate, 1.0, kind="mix", users=50, connections=1)
+    assert load.sent == 100 and load.ok == 100 and load.not_ok == 0
+    assert load.max_ms >= stall * 1000
+    # The requests due in the stall's first 100 ms each waited over 100 ms: ten of them, where a closed
+    # loop would have counted one slow request.
+    assert load.p99_ms >= 100 and load.waited >= 10
+    assert load.p50_ms < stall * 1000 / 2
+    assert load.achieved_rate == pytest.approx(rate, rel=0.1)
+    assert load.seconds == pytest.approx(1.0, abs=0.3)
+
+
+async def test_the_open_loop_client_keeps_its_schedule_when_the_server_keeps_up() -> None:
+    async with StallingServer(stall_at=0, stall=0).running() as server:
+        load = await paced(server.port, 400.0, 1.0, kind="get", users=50, warmup=0.25)
+    assert load.sent == 400 and load.statuses == {"200": 400}
+    assert load.achieved_rate == pytest.approx(400, rel=0.05)
+    assert 0 < load.p50_ms <= load.p99_ms <= load.p999_ms <= load.max_ms
+    assert load.waited == 0 and load.lag_max_ms >= 0
+
+
+def test_the_open_loop_requests_are_wrks() -> None:
+    gets = make_requests("get", 200, 26, 8080, seed=1)
+    assert all(r.startswith(b"GET /hello/uaaaa") and b"Host: 127.0.0.1:8080\r\n" in r for r in gets)
+    assert {r.split(b" ")[1].decode().removeprefix("/hello/") for r in gets} <= {
+        username_for(i) for i in range(26)
+    }
+    for request in make_requests("put", 20, 26, 8080, seed=2):
+        head, body = request.split(b"\r\n\r\n")
+        assert head.startswith(b"PUT /hello/") and f"Content-Length: {len(body)}".encode() in head
+        born = date.fromisoformat(json.loads(body)["dateOfBirth"])
+        assert 1940 <= born.year <= 2015
+    puts = sum(r.startswith(b"PUT") for r in make_requests("mix", 2000, 26, 8080, seed=3))
+    assert 150 <= puts <= 250
+    with pytest.raises(ValueError):
+        make_requests("delete", 1, 1, 8080)
