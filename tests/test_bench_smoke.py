@@ -26,13 +26,22 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from scripts.bench_reference import create_reference_app
 from scripts.benchmark.durability import Mark, Probe, configurations, parse_metrics, total
 from scripts.benchmark.objectstore import RequestLog, count_requests, operation
-from scripts.benchmark.paced import make_requests, paced, paced_puts, percentile
+from scripts.benchmark.openloop import openloop_row, rates
+from scripts.benchmark.paced import PacedLoad, make_requests, paced, paced_puts, percentile
 from scripts.benchmark.postgres import PostgresDatabases, postgres_databases
 from scripts.benchmark.pricing import S3_STANDARD, SECONDS_PER_MONTH, TIGRIS, per_month, per_second
 from scripts.benchmark.relay import DelayRelay
-from scripts.benchmark.report import cost_table, durability_table, plot, steady_table, sustained_table, table
+from scripts.benchmark.report import (
+    cost_table,
+    durability_table,
+    openloop_table,
+    plot,
+    steady_table,
+    sustained_table,
+    table,
+)
 from scripts.benchmark.results import DurabilityRow, Results, Row, SteadyRow, SustainedRow, Traffic
-from scripts.benchmark.scenarios import scenarios, sustained_scenarios
+from scripts.benchmark.scenarios import Scenario, openloop_scenarios, scenarios, sustained_scenarios
 from scripts.benchmark.seed import birthday_for, seed_database, username_for
 from scripts.benchmark.servers import SERVER_CPU, peak_rss_mb
 from scripts.benchmark.sustained import FileWatcher
@@ -458,3 +467,42 @@ def test_the_open_loop_requests_are_wrks() -> None:
     assert 150 <= puts <= 250
     with pytest.raises(ValueError):
         make_requests("delete", 1, 1, 8080)
+
+
+def test_the_open_loop_rates_are_shares_of_the_capacity() -> None:
+    assert rates(4000.0) == [1000.0, 2000.0, 3000.0]
+    assert rates(2933.4) == [733.0, 1467.0, 2200.0]
+    assert rates(2.0) == [1.0, 1.0, 2.0]  # at least one request a second
+    assert rates(1000.0, (0.1,)) == [100.0]
+
+
+def test_the_open_loop_plan_and_table() -> None:
+    plan = openloop_scenarios(10_000, with_stack=True, postgres=True)
+    assert [(s.kind, s.server) for s in plan] == [
+        (kind, server) for kind in ("get", "put", "mix") for server in ("service", "stack", "postgres")
+    ]
+    assert {s.baseline for s in plan} == {None} and {s.users for s in plan} == {10_000}
+    # Every open-loop scenario's capacity is measured in a full run's plan.
+    full = scenarios(1_000, 10_000, 1_000_000, with_stack=True, postgres=True)
+    assert {(s.title, s.server) for s in plan} <= {(s.title, s.server) for s in full}
+    assert [s.server for s in openloop_scenarios(10, with_stack=False)] == ["service"] * 3
+
+    def load(p99_ms: float, lag_p99_ms: float, waited: int = 0) -> PacedLoad:
+        return PacedLoad(
+            1000.0, 12.0, 12_000, {"200": 11_990, "503": 4, "error": 6}, 0.5, p99_ms, 40.0, "get", 20.0,
+            send_seconds=11.999, lag_p99_ms=lag_p99_ms, lag_max_ms=3.0, waited=waited,
+        )  # fmt: skip
+
+    assert load(8.0, 0.9).kept_schedule and load(30.0, 2.9).kept_schedule
+    assert not load(8.0, 1.1).kept_schedule
+    scenario = Scenario("GET, 10,000 users", "stack", "get", 10_000)
+    kept = openloop_row(scenario, 0.25, 4000.0, load(8.0, 0.5))
+    behind = openloop_row(scenario, 0.5, 4000.0, load(8.0, 2.0, waited=1234))
+    assert kept.achieved_rps == pytest.approx(1000.0) and kept.not_ok == 10
+    results = Results("2 cores", "python scripts/bench.py --only openloop", 8.0, 3)
+    results.openloop, results.openloop_s, results.openloop_warmup_s = [kept, behind], 12.0, 2.0
+    text = openloop_table(results)
+    row = "| GET, 10,000 users | service + Litestream | 25% of 4,000 | 1,000 | 1,000 | 0.50 | 8.00 | 20.00 |"
+    assert f"{row} 40.00 | 10 | 0.50 | 3.00 | kept |" in text
+    assert "| 50% of 4,000 |" in text and "| 2.00 | 3.00 | **behind: figures invalid**, 1,234 waited" in text
+    assert "for 12 s after 2 s at the same rate" in text
