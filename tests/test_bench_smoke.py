@@ -452,6 +452,48 @@ async def test_the_open_loop_client_keeps_its_schedule_when_the_server_keeps_up(
     assert load.waited == 0 and load.lag_max_ms >= 0
 
 
+async def test_the_open_loop_client_counts_no_answer_the_server_sends_unasked() -> None:
+    """As the service does, this server answers 408 and closes a connection whose first request head
+    is late (HEADER_TIMEOUT); and it closes every tenth connection after an answer, with a 408 no
+    request asked for. The client opens connections as requests need them (none waits unused for the
+    timeout), counts no unasked answer, and sends on the others."""
+    idle_timeouts = unasked = served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal idle_timeouts, unasked, served
+        timeout: float | None = 0.3
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                except TimeoutError:
+                    idle_timeouts += 1
+                    writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+                    return
+                timeout = None  # then a keep-alive pause of any length
+                served += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                if served % 10 == 0:  # right behind the answer: what a client reads with it
+                    writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+                    unasked += 1
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        load = await paced(port, 200.0, 1.0, kind="get", users=10, connections=64, warmup=0.5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert idle_timeouts == 0 and unasked >= 10
+    assert load.statuses == {"200": 200} and load.written == 200
+    assert load.max_ms < 300
+
+
 def test_the_open_loop_requests_are_wrks() -> None:
     gets = make_requests("get", 200, 26, 8080, seed=1)
     assert all(r.startswith(b"GET /hello/uaaaa") and b"Host: 127.0.0.1:8080\r\n" in r for r in gets)
@@ -490,7 +532,7 @@ def test_the_open_loop_plan_and_table() -> None:
     def load(p99_ms: float, lag_p99_ms: float, waited: int = 0) -> PacedLoad:
         return PacedLoad(
             1000.0, 12.0, 12_000, {"200": 11_990, "503": 4, "error": 6}, 0.5, p99_ms, 40.0, "get", 20.0,
-            send_seconds=11.999, lag_p99_ms=lag_p99_ms, lag_max_ms=3.0, waited=waited,
+            send_seconds=11.999, written=12_000, lag_p99_ms=lag_p99_ms, lag_max_ms=3.0, waited=waited,
         )  # fmt: skip
 
     assert load(8.0, 0.9).kept_schedule and load(30.0, 2.9).kept_schedule

@@ -8,17 +8,19 @@ the wait (no coordinated omission), and so is a request that waits for a free co
 users drawn at random, PUTs under random names of 6 to 16 letters with random dates from 1940 to
 2015, or the 90/10 mix; all made before the first is due.
 
-The client is one process on the load generator's core: HTTP/1.1 over keep-alive connections opened
-beforehand, the requests written straight to asyncio transports on uvloop's loop and the answers
-parsed as they arrive (about 100-200 µs of client CPU per request on the bench's machine, most of it
-in waking up for each: 40% of its core at 5,000/s; an aiohttp client needed 2.5 times that and fell
-behind at 3,000/s). It wakes for the next due time on a Linux timerfd (the loop's own timers round to
-the millisecond, the whole latency of a fast request) and checks its schedule whenever an answer
+The client is one process on the load generator's core: HTTP/1.1 over keep-alive connections (up
+to ``connections``, opened as requests find none free, then used in turn), the requests written
+straight to asyncio transports on uvloop's loop and the answers parsed as they arrive: about
+100-200 µs of client CPU per request on the bench's machine, most of it in waking up for each (a
+third of its core at 2,000/s, 40% at 5,000/s; an aiohttp client needed 2.5 times that and fell
+behind at 3,000/s). It wakes for the next due time on a Linux timerfd (the loop's own timers round
+to the millisecond, the whole latency of a fast request) and checks its schedule whenever an answer
 arrives too. A request goes out late only when the client was busy or kept off its core: ``lag``
-(the time the client took it up less its due time) says by how much, and the latencies include it.
-With ``--realtime`` it runs under SCHED_FIFO where allowed, so that other processes on the load core
-do not delay it (on a shared machine they did, by up to 2 s in 6). Requests due in the first
-``warmup`` seconds are sent but not counted.
+(when the client took it up, less its due time) says by how much, and the latencies include it.
+With ``--realtime`` it runs under SCHED_FIFO where allowed, so that other processes on the load
+core do not delay it (on a shared machine they did, by up to 2 s in 6). What remains on a virtual
+machine is the time its idle core takes to wake: up to a few milliseconds at times. Requests due in
+the first ``warmup`` seconds are sent but not counted.
 
     python -m scripts.benchmark.paced --port PORT --rate PER_SECOND --seconds SECONDS
                                       [--kind put|get|mix] [--users N] [--warmup SECONDS]
@@ -52,7 +54,7 @@ from typing import cast
 from scripts.benchmark.seed import username_for
 
 HOST = "127.0.0.1"
-# Keep-alive connections, opened before the first request is due. A request due while all are busy
+# Keep-alive connections at most, opened as requests need them. A request due while all are busy
 # waits for the first to free, and its latency shows it.
 CONNECTIONS = 256
 KINDS = ("get", "put", "mix")
@@ -95,6 +97,7 @@ class PacedLoad:
     kind: str = "put"
     p999_ms: float = 0.0
     send_seconds: float = 0.0  # from the first counted request's send to the last one's
+    written: int = 0  # counted requests sent (all but those still waiting for a connection at the end)
     lag_p99_ms: float = 0.0  # the client's lateness (send less due), 99th percentile
     lag_max_ms: float = 0.0  # and its worst
     waited: int = 0  # requests that found every connection busy and waited for one
@@ -113,7 +116,7 @@ class PacedLoad:
     @property
     def achieved_rate(self) -> float:
         """Requests sent per second over the counted window (their first send to their last)."""
-        return (self.sent - 1) / self.send_seconds if self.send_seconds > 0 and self.sent > 1 else 0.0
+        return (self.written - 1) / self.send_seconds if self.send_seconds > 0 and self.written > 1 else 0.0
 
     @property
     def kept_schedule(self) -> bool:
@@ -176,40 +179,58 @@ class _Connection(asyncio.Protocol):
         self.transport.write(self.client.requests[index])
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        while True:
-            if self.body_left < 0:
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                head = bytes(buffer[:end]).lower()
-                del buffer[: end + 4]
-                self.status = head[9:12].decode()
-                self.closing = b"\r\nconnection: close" in head
-                self.chunked = b"\r\ntransfer-encoding: chunked" in head
-                at = head.find(b"\r\ncontent-length:")
-                if self.chunked or at < 0:
-                    self.body_left = 0
-                else:
-                    stop = head.find(b"\r\n", at + 2)
-                    self.body_left = int(head[at + 17 : stop if stop >= 0 else None])
-            if self.chunked:
-                # Enough for the small error pages a server might send this way: up to the last chunk.
-                end = buffer.find(b"0\r\n\r\n")
-                if end < 0:
-                    return
-                del buffer[: end + 5]
-            elif len(buffer) < self.body_left:
-                return
-            else:
-                del buffer[: self.body_left]
-            self.body_left = -1
+        self.buffer += data
+        answered = False
+        while (status := self._next_answer()) is not None:
             index, self.index = self.index, -1
-            self.client.answered(self, index, self.status)
-            if self.closing and self.transport is not None:
+            if index < 0:
+                # An answer to no request: the server closing a connection it found idle (a 408),
+                # which it will close; nothing more is sent on it, and nothing counted.
+                self.closing = True
+            else:
+                self.client.record(index, status)
+                answered = True
+        if self.closing:
+            self.client.drop(self)
+            if self.transport is not None:
                 self.transport.close()
-                return
+        elif answered and self.index < 0:
+            # Free again only once every answer that came is read: an unasked one behind the last
+            # answer must not be taken for the next request's.
+            self.client.free(self)
+        if answered:
+            self.client.pump()
+
+    def _next_answer(self) -> str | None:
+        """The status of the next whole answer in the buffer, taken out of it; None before one is whole."""
+        buffer = self.buffer
+        if self.body_left < 0:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return None
+            head = bytes(buffer[:end]).lower()
+            del buffer[: end + 4]
+            self.status = head[9:12].decode()
+            self.closing = self.closing or b"\r\nconnection: close" in head
+            self.chunked = b"\r\ntransfer-encoding: chunked" in head
+            at = head.find(b"\r\ncontent-length:")
+            if self.chunked or at < 0:
+                self.body_left = 0
+            else:
+                stop = head.find(b"\r\n", at + 2)
+                self.body_left = int(head[at + 17 : stop if stop >= 0 else None])
+        if self.chunked:
+            # Enough for the small error pages a server might send this way: up to the last chunk.
+            end = buffer.find(b"0\r\n\r\n")
+            if end < 0:
+                return None
+            del buffer[: end + 5]
+        elif len(buffer) < self.body_left:
+            return None
+        else:
+            del buffer[: self.body_left]
+        self.body_left = -1
+        return self.status
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -261,8 +282,12 @@ class _Client:
         self.loop = asyncio.get_running_loop()
         self.start = 0.0
         self.next = 0  # the next request to fall due
-        self.idle: list[_Connection] = []
+        # Free connections, the longest free first: each is used in turn, as by many clients. They are
+        # opened as requests need them, so none sits unused past the server's HEADER_TIMEOUT (which
+        # answers 408 on a connection that sent nothing, and closes it).
+        self.idle: collections.deque[_Connection] = collections.deque()
         self.open_connections: set[_Connection] = set()
+        self.opening = 0
         self.backlog: collections.deque[int] = collections.deque()  # due, waiting for a connection
         self.timer = _Timer(self.loop, self.tick)
         self.closed = False
@@ -270,21 +295,38 @@ class _Client:
         self.late = array("d", bytes(8 * total))  # how late the client took it up: now less due
         self.sent_at = array("d", bytes(8 * total))  # monotonic() when written; 0 if never
         self.latency = array("d", bytes(8 * total))  # from due to the end of the answer
-        self.waited = bytearray(total)  # 1 where the request found every connection busy
+        self.waited = bytearray(total)  # 1 where the request found all ``connections`` busy
         self.statuses = [""] * total
         self.answers = 0
+        self.written = 0  # requests written to a connection
         self.done: asyncio.Future[None] = self.loop.create_future()
 
     def due(self, index: int) -> float:
         return self.start + index / self.rate
 
     async def connect(self) -> None:
-        await asyncio.gather(*(self.open() for _ in range(self.connections)))
+        """The first connection: the others open as requests find none free."""
+        self.opening += 1
+        await self.open()
 
     async def open(self) -> None:
-        _, protocol = await self.loop.create_connection(lambda: _Connection(self), HOST, self.port)
+        try:
+            _, protocol = await self.loop.create_connection(lambda: _Connection(self), HOST, self.port)
+        except OSError:
+            if self.closed or not self.open_connections:
+                raise
+            # Refused (the server at its connection cap?): the backlog waits for those open, and shows it.
+            return
+        finally:
+            self.opening -= 1
         self.open_connections.add(protocol)
         self.free(protocol)
+
+    def more(self) -> None:
+        """Open one more connection for the backlog, unless ``connections`` are open or opening."""
+        if not self.closed and len(self.open_connections) + self.opening < self.connections:
+            self.opening += 1
+            self.loop.create_task(self.open())
 
     def begin(self) -> None:
         self.start = time.monotonic()
@@ -303,10 +345,14 @@ class _Client:
             self.late[index] = now - due
             if self.idle:
                 self.sent_at[index] = now
-                self.idle.pop().send(index)
-            else:
+                self.written += 1
+                self.idle.popleft().send(index)
+                continue
+            self.backlog.append(index)
+            if len(self.open_connections) + self.opening >= self.connections:
                 self.waited[index] = 1
-                self.backlog.append(index)
+            elif len(self.backlog) > self.opening:
+                self.more()
         if self.next < total and not self.timer.armed:
             self.timer.at(self.due(self.next))
 
@@ -317,6 +363,7 @@ class _Client:
         if self.backlog:
             index = self.backlog.popleft()
             self.sent_at[index] = time.monotonic()
+            self.written += 1
             connection.send(index)
         else:
             self.idle.append(connection)
@@ -328,11 +375,10 @@ class _Client:
         if self.answers == len(self.requests) and not self.done.done():
             self.done.set_result(None)
 
-    def answered(self, connection: _Connection, index: int, status: str) -> None:
-        self.record(index, status)
-        if not connection.closing:
-            self.free(connection)
-        self.pump()
+    def drop(self, connection: _Connection) -> None:
+        """Send nothing more on ``connection``: the server is closing it."""
+        if connection in self.idle:
+            self.idle.remove(connection)
 
     def lost(self, connection: _Connection, index: int) -> None:
         self.open_connections.discard(connection)
@@ -340,17 +386,11 @@ class _Client:
             self.idle.remove(connection)
         if index >= 0:
             self.record(index, "error")
-        if not self.closed and self.answers < len(self.requests):
-            self.loop.create_task(self.reopen())
-
-    async def reopen(self) -> None:
-        try:
-            await self.open()
-        except OSError:
-            # The server is gone or refusing: try again; meanwhile the backlog waits, and shows it.
-            await asyncio.sleep(0.1)
-            if not self.closed:
-                self.loop.create_task(self.reopen())
+        if self.backlog and not self.open_connections and not self.opening:
+            # Nothing left to send the backlog on: try again shortly (the server may be restarting).
+            self.loop.call_later(0.1, self.more)
+        elif len(self.backlog) > self.opening:
+            self.more()
 
     def close(self) -> None:
         self.closed = True
@@ -427,6 +467,7 @@ async def paced(
         kind=kind,
         p999_ms=percentile(latencies, 99.9) * 1000,
         send_seconds=max(sends) - min(sends) if sends else 0.0,
+        written=len(sends),
         lag_p99_ms=percentile(lags, 99) * 1000,
         lag_max_ms=(lags[-1] if lags else 0.0) * 1000,
         waited=sum(client.waited[skipped:]),

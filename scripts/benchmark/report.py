@@ -158,7 +158,7 @@ def openloop_table(results: Results) -> str:
     )  # fmt: skip
     note = (
         f"Requests sent on a schedule (an open loop: scripts/benchmark/paced.py, {PACED_CONNECTIONS} "
-        f"keep-alive connections, pinned to the load core) for {results.openloop_s:g} s after "
+        f"keep-alive connections at most, pinned to the load core) for {results.openloop_s:g} s after "
         f"{results.openloop_warmup_s:g} s at the same rate, on a fresh server per row, at 25, 50 and 75% of "
         "the scenario's capacity: its median wrk req/s in this run. Latency counts from each request's due "
         "time, so waiting for the server, for a free connection or for the client is in it. Achieved: "
