@@ -4,7 +4,7 @@ One run starts each server on a real SQLite file, drives it with ``wrk`` over lo
 connections; the server pinned to one core, the load generator to the other), and prints per
 scenario: requests/s, p50, p99, errors (socket errors and any non-2xx answer), the worker's peak
 RSS and our figure as a share of the reference. It also times start-up to ``/readyz`` 200 and,
-when the production stack files are present, runs the write scenarios through ``scripts/start.sh``
+when the production stack files are present, runs GET, PUT and the mix through ``scripts/start.sh``
 (Litestream replicating to a folder) and times a ``litestream restore`` of a 1,000,000-user
 database from a local S3 server. The durability scenarios run the whole stack replicating to that
 local S3 server, directly and through a relay that adds 20 ms each way, with DURABILITY local and

@@ -533,18 +533,20 @@ def test_the_open_loop_plan_and_table() -> None:
         return PacedLoad(
             1000.0, 12.0, 12_000, {"200": 11_990, "503": 4, "error": 6}, 0.5, p99_ms, 40.0, "get", 20.0,
             send_seconds=11.999, written=12_000, lag_p99_ms=lag_p99_ms, lag_max_ms=3.0, waited=waited,
+            answered_all=11_990,
         )  # fmt: skip
 
     assert load(8.0, 0.9).kept_schedule and load(30.0, 2.9).kept_schedule
     assert not load(8.0, 1.1).kept_schedule
     scenario = Scenario("GET, 10,000 users", "stack", "get", 10_000)
-    kept = openloop_row(scenario, 0.25, 4000.0, load(8.0, 0.5))
-    behind = openloop_row(scenario, 0.5, 4000.0, load(8.0, 2.0, waited=1234))
+    kept = openloop_row(scenario, 0.25, 4000.0, load(8.0, 0.5), server_cpu=4.2)
+    late = openloop_row(scenario, 0.5, 4000.0, load(8.0, 2.0, waited=1234))
     assert kept.achieved_rps == pytest.approx(1000.0) and kept.not_ok == 10
+    assert kept.server_cpu_us == pytest.approx(4.2e6 / 11_990)  # answers, the warm-up's too
     results = Results("2 cores", "python scripts/bench.py --only openloop", 8.0, 3)
-    results.openloop, results.openloop_s, results.openloop_warmup_s = [kept, behind], 12.0, 2.0
+    results.openloop, results.openloop_s, results.openloop_warmup_s = [kept, late], 12.0, 2.0
     text = openloop_table(results)
     row = "| GET, 10,000 users | service + Litestream | 25% of 4,000 | 1,000 | 1,000 | 0.50 | 8.00 | 20.00 |"
-    assert f"{row} 40.00 | 10 | 0.50 | 3.00 | kept |" in text
-    assert "| 50% of 4,000 |" in text and "| 2.00 | 3.00 | **behind: figures invalid**, 1,234 waited" in text
+    assert f"{row} 40.00 | 10 | 350 (35%) | 0.50 | 3.00 | kept |" in text
+    assert "| 50% of 4,000 |" in text and "| 2.00 | 3.00 | **late**: upper bounds; 1,234 waited" in text
     assert "for 12 s after 2 s at the same rate" in text

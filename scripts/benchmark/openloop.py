@@ -18,7 +18,7 @@ from scripts.benchmark.report import say
 from scripts.benchmark.results import OpenLoopRow, Row
 from scripts.benchmark.runner import Bench
 from scripts.benchmark.scenarios import Scenario
-from scripts.benchmark.servers import ROOT
+from scripts.benchmark.servers import ROOT, cpu_seconds
 from scripts.benchmark.wrk import LOAD_CPU
 
 SHARES = (0.25, 0.5, 0.75)
@@ -43,7 +43,10 @@ def run_client(
     return parse(result.stdout)
 
 
-def openloop_row(scenario: Scenario, share: float, capacity: float, load: PacedLoad) -> OpenLoopRow:
+def openloop_row(
+    scenario: Scenario, share: float, capacity: float, load: PacedLoad, server_cpu: float = 0.0
+) -> OpenLoopRow:
+    """The row of ``load``; ``server_cpu``: the server's CPU seconds over the whole load."""
     return OpenLoopRow(
         scenario=scenario.title,
         server=scenario.server,
@@ -64,6 +67,7 @@ def openloop_row(scenario: Scenario, share: float, capacity: float, load: PacedL
         client_cpu=load.client_cpu,
         client_runqueue_ms=load.runqueue_ms,
         client_realtime=load.realtime,
+        server_cpu_us=server_cpu * 1e6 / max(load.answered_all, 1),
     )
 
 
@@ -84,15 +88,19 @@ def run_openloop(
             continue
         for share, rate in zip(shares, rates(measured.rps, shares), strict=True):
             name = bench.name("openloop", scenario.server, scenario.kind, f"{share:.0%}".rstrip("%"))
+            database = bench.postgres if scenario.server == "postgres" else None
             with bench.server(scenario, name) as server:
+                cpu = cpu_seconds(server.worker) + (database.cpu_seconds() if database else 0.0)
                 load = run_client(server.port, rate, seconds, scenario.kind, scenario.users)
-            row = openloop_row(scenario, share, measured.rps, load)
+                cpu = cpu_seconds(server.worker) + (database.cpu_seconds() if database else 0.0) - cpu
+            row = openloop_row(scenario, share, measured.rps, load, cpu)
             rows.append(row)
             say(
                 f"open loop {scenario.title:<30} {scenario.server:<9} {share:4.0%} {rate:6.0f}/s offered "
                 f"{row.achieved_rps:6.0f}/s sent p50 {row.p50_ms:6.2f} p99 {row.p99_ms:7.2f} "
                 f"p99.9 {row.p999_ms:7.2f} max {row.max_ms:7.2f} ms not 2xx {row.not_ok} "
                 f"client lag p99 {row.lag_p99_ms:.2f} max {row.lag_max_ms:.2f} ms waited {row.waited} "
-                f"client cpu {load.client_cpu:.0%} runqueue {load.runqueue_ms:.0f} ms"
+                f"client cpu {load.client_cpu:.0%} runqueue {load.runqueue_ms:.0f} ms "
+                f"server cpu {row.server_cpu_us:.0f} us/req"
             )
     return rows

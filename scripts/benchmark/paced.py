@@ -104,6 +104,7 @@ class PacedLoad:
     runqueue_ms: float = 0.0  # how long the client waited for its core, over the whole run (schedstat)
     client_cpu: float = 0.0  # the client's CPU time from its first due request to its end, over that time
     realtime: bool = False  # the client ran under SCHED_FIFO (--realtime, and allowed to)
+    answered_all: int = 0  # answers to every request, the warm-up's too
 
     @property
     def ok(self) -> int:
@@ -473,6 +474,7 @@ async def paced(
         waited=sum(client.waited[skipped:]),
         runqueue_ms=queued * 1000,
         client_cpu=cpu / (end - client.start),
+        answered_all=client.answers,
     )
 
 

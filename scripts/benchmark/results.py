@@ -112,6 +112,9 @@ class OpenLoopRow:
     client_cpu: float = 0.0  # the client's CPU time over its run's time: its headroom on the load core
     client_runqueue_ms: float = 0.0  # how long the client waited for the load core (other processes on it)
     client_realtime: bool = False  # the client ran under SCHED_FIFO
+    # The server's CPU per request over the whole load, warm-up included: the worker's, and PostgreSQL's
+    # processes' for the PostgreSQL profile (as CPU µs/req plus DB CPU µs/req in the main table).
+    server_cpu_us: float = 0.0
 
 
 @dataclass
