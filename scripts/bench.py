@@ -4,18 +4,22 @@ One run starts each server on a real SQLite file, drives it with ``wrk`` over lo
 connections; the server pinned to one core, the load generator to the other), and prints per
 scenario: requests/s, p50, p99, errors (socket errors and any non-2xx answer), the worker's peak
 RSS and our figure as a share of the reference. It also times start-up to ``/readyz`` 200 and,
-when the production stack files are present, runs the write scenarios through ``scripts/start.sh``
+when the production stack files are present, runs GET, PUT and the mix through ``scripts/start.sh``
 (Litestream replicating to a folder) and times a ``litestream restore`` of a 1,000,000-user
 database from a local S3 server. The durability scenarios run the whole stack replicating to that
 local S3 server, directly and through a relay that adds 20 ms each way, with DURABILITY local and
 replicated: wrk's PUTs, PUTs at fixed rates, and the object-store requests each makes, priced per
-month (scripts/benchmark/durability.py). The PostgreSQL profile runs GET, PUT and the mix too: the same
-service with ``DATABASE_URL`` pointing at a PostgreSQL server the bench starts on 127.0.0.1 (pinned to
-the server's core) and stops (``scripts/pg_cluster.py``). The table goes to standard output and
+month (scripts/benchmark/durability.py). The PostgreSQL profile runs GET, PUT and the mix too: the
+same service with ``DATABASE_URL`` pointing at a PostgreSQL server the bench starts on 127.0.0.1
+(pinned to the server's core) and stops (``scripts/pg_cluster.py``). The open loop sends GET, PUT and
+the mix on a schedule at 25, 50 and 75% of the capacity wrk measured for each, on the server alone,
+the whole stack and PostgreSQL, and times each request from when it was due
+(scripts/benchmark/openloop.py). The table goes to standard output and
 ``docs/benchmarks.md`` style; the plot to ``docs/benchmarks.png``.
 
-    python scripts/bench.py [--only all|sqlite|postgres|sustained|durability] [--duration SECONDS]
-                            [--rounds N] [--sustained SECONDS] [--durability SECONDS] [--quick]
+    python scripts/bench.py [--only all|sqlite|postgres|sustained|durability|openloop]
+                            [--duration SECONDS] [--rounds N] [--sustained SECONDS]
+                            [--durability SECONDS] [--openloop-seconds SECONDS] [--quick]
                             [--plot PATH] [--json PATH]
 
 Every load is bounded (``wrk -d``, the paced client's ``--seconds``) and every process started here
@@ -43,6 +47,7 @@ from scripts.benchmark.profile import profile  # noqa: E402
 from scripts.benchmark.report import (  # noqa: E402
     cost_table,
     durability_table,
+    openloop_table,
     plot,
     say,
     steady_table,
@@ -66,10 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="samples of every scenario; medians are shown")
     parser.add_argument(
         "--only",
-        choices=("all", "sqlite", "postgres", "sustained", "durability"),
+        choices=("all", "sqlite", "postgres", "sustained", "durability", "openloop"),
         default="all",
         help="run only one profile's scenarios (each beside the bare app), or only the sustained writes, or "
-        "only DURABILITY local against replicated; the default runs everything",
+        "only DURABILITY local against replicated, or only the open loop (after wrk's capacity of each of "
+        "its scenarios); the default runs everything",
+    )
+    parser.add_argument(
+        "--openloop-seconds",
+        type=float,
+        default=12.0,
+        help="seconds of each open-loop window (GET, PUT and the mix on the server alone, the whole stack "
+        "and PostgreSQL, at 25, 50 and 75%% of their capacity; 2 s at the same rate before each); 0 skips "
+        "them",
     )
     parser.add_argument(
         "--sustained",
@@ -119,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.warmup, args.rounds = min(args.duration, 2.0), min(args.warmup, 1.0), 1
         args.sustained = min(args.sustained, 5.0)
         args.durability = min(args.durability, 5.0)
+        args.openloop_seconds = min(args.openloop_seconds, 3.0)
     if shutil.which("wrk") is None:
         say("wrk is not installed: install it with `apt-get install wrk` (Debian's package)")
         return 2
@@ -159,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {note}")
     if results.sustained:
         print(f"\nSustained load\n\n{sustained_table(results)}")
+    if results.openloop:
+        print(f"\nLatency at a steady load (open loop)\n\n{openloop_table(results)}")
     if results.durability:
         print(f"\nDurability: local or replicated\n\n{durability_table(results)}")
     if results.steady:
         print(f"\nSteady PUTs\n\n{steady_table(results)}")
         print(f"\nObject-store requests at list prices\n\n{cost_table(results)}")
-    if results.rows:
+    if results.rows and args.only != "openloop":  # its capacity rows alone would replace the full plot
         plot(results, args.plot)
         print(f"\nplot: {args.plot}")
     if args.json is not None:

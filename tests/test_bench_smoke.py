@@ -1,6 +1,7 @@
 """The benchmark's machinery without wrk: seeding, the reference app, the PostgreSQL server the bench
-starts, the report, the durability scenarios' relay, paced client, request counting and prices. No
-timings asserted, but the relay's delay, which is a floor.
+starts, the report, the durability scenarios' relay, the open-loop client and its rates, request
+counting and prices. No timings asserted, but floors: the relay's delay, and a server's stall in the
+open-loop client's latencies.
 
 The PostgreSQL test skips and says why without Debian's ``postgresql`` package, and fails instead when
 ``REQUIRE_POSTGRES=1`` or ``CI=true`` (``tests/pg_server.py``).
@@ -8,27 +9,39 @@ The PostgreSQL test skips and says why without Debian's ``postgresql`` package, 
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from scripts.bench_reference import create_reference_app
 from scripts.benchmark.durability import Mark, Probe, configurations, parse_metrics, total
 from scripts.benchmark.objectstore import RequestLog, count_requests, operation
-from scripts.benchmark.paced import paced_puts, percentile
+from scripts.benchmark.openloop import openloop_row, rates
+from scripts.benchmark.paced import PacedLoad, make_requests, paced, paced_puts, percentile
 from scripts.benchmark.postgres import PostgresDatabases, postgres_databases
 from scripts.benchmark.pricing import S3_STANDARD, SECONDS_PER_MONTH, TIGRIS, per_month, per_second
 from scripts.benchmark.relay import DelayRelay
-from scripts.benchmark.report import cost_table, durability_table, plot, steady_table, sustained_table, table
+from scripts.benchmark.report import (
+    cost_table,
+    durability_table,
+    openloop_table,
+    plot,
+    steady_table,
+    sustained_table,
+    table,
+)
 from scripts.benchmark.results import DurabilityRow, Results, Row, SteadyRow, SustainedRow, Traffic
-from scripts.benchmark.scenarios import scenarios, sustained_scenarios
+from scripts.benchmark.scenarios import Scenario, openloop_scenarios, scenarios, sustained_scenarios
 from scripts.benchmark.seed import birthday_for, seed_database, username_for
 from scripts.benchmark.servers import SERVER_CPU, peak_rss_mb
 from scripts.benchmark.sustained import FileWatcher
@@ -366,3 +379,174 @@ def test_the_durability_tables_show_the_503s_the_syncs_and_the_cost() -> None:
     cost = cost_table(results)
     assert "| replicated | +20 ms each way | 50 | 1.10 | 2,851,200 | 2,851,200 | 14.26 | 14.26 |" in cost
     assert "2,592,000 s" in cost and "aws.amazon.com/s3/pricing" in cost and "tigrisdata.com/pricing" in cost
+
+
+class StallingServer:
+    """An aiohttp app on loopback in a thread of its own, with its own event loop: GET and PUT
+    /hello/{name} answer at once, but request number ``stall_at`` blocks that loop for ``stall``
+    seconds, so that nothing is answered meanwhile (as a worker stuck in a checkpoint)."""
+
+    def __init__(self, stall_at: int, stall: float) -> None:
+        self.stall_at, self.stall = stall_at, stall
+        self.seen = 0
+        self.port = 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="stalling-server", daemon=True)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.seen += 1
+        if self.seen == self.stall_at:
+            time.sleep(self.stall)  # the point: the whole server stops
+        if request.method == "PUT":
+            await request.read()
+            return web.Response(status=204)
+        return web.json_response({"message": "Hello"})
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_route("*", "/hello/{name}", self.answer)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        assert runner.addresses
+        self.port = runner.addresses[0][1]
+        return runner
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator["StallingServer"]:
+        self.thread.start()
+        runner = asyncio.run_coroutine_threadsafe(self.start(), self.loop).result(timeout=10)
+        try:
+            yield self
+        finally:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), self.loop).result(timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
+
+
+async def test_the_open_loop_client_counts_a_stall_for_every_request_due_during_it() -> None:
+    rate, stall = 100.0, 0.2
+    async with StallingServer(stall_at=30, stall=stall).running() as server:
+        # One connection: the requests due during the stall cannot even be sent, as with wrk's; but
+        # here each counts from its due time, not from when it could be sent.
+        load = await paced(server.port, rate, 1.0, kind="mix", users=50, connections=1)
+    assert load.sent == 100 and load.ok == 100 and load.not_ok == 0
+    assert load.max_ms >= stall * 1000
+    # The requests due in the stall's first 100 ms each waited over 100 ms: ten of them, where a closed
+    # loop would have counted one slow request.
+    assert load.p99_ms >= 100 and load.waited >= 10
+    assert load.p50_ms < stall * 1000 / 2
+    assert load.achieved_rate == pytest.approx(rate, rel=0.1)
+    assert load.seconds == pytest.approx(1.0, abs=0.3)
+
+
+async def test_the_open_loop_client_keeps_its_schedule_when_the_server_keeps_up() -> None:
+    async with StallingServer(stall_at=0, stall=0).running() as server:
+        load = await paced(server.port, 400.0, 1.0, kind="get", users=50, warmup=0.25)
+    assert load.sent == 400 and load.statuses == {"200": 400}
+    assert load.achieved_rate == pytest.approx(400, rel=0.05)
+    assert 0 < load.p50_ms <= load.p99_ms <= load.p999_ms <= load.max_ms
+    assert load.waited == 0 and load.lag_max_ms >= 0
+
+
+async def test_the_open_loop_client_counts_no_answer_the_server_sends_unasked() -> None:
+    """As the service does, this server answers 408 and closes a connection whose first request head
+    is late (HEADER_TIMEOUT); and it closes every tenth connection after an answer, with a 408 no
+    request asked for. The client opens connections as requests need them (none waits unused for the
+    timeout), counts no unasked answer, and sends on the others."""
+    idle_timeouts = unasked = served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal idle_timeouts, unasked, served
+        timeout: float | None = 0.3
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+                except TimeoutError:
+                    idle_timeouts += 1
+                    writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+                    return
+                timeout = None  # then a keep-alive pause of any length
+                served += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                if served % 10 == 0:  # right behind the answer: what a client reads with it
+                    writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+                    unasked += 1
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        load = await paced(port, 200.0, 1.0, kind="get", users=10, connections=64, warmup=0.5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert idle_timeouts == 0 and unasked >= 10
+    assert load.statuses == {"200": 200} and load.written == 200
+    assert load.max_ms < 300
+
+
+def test_the_open_loop_requests_are_wrks() -> None:
+    gets = make_requests("get", 200, 26, 8080, seed=1)
+    assert all(r.startswith(b"GET /hello/uaaaa") and b"Host: 127.0.0.1:8080\r\n" in r for r in gets)
+    assert {r.split(b" ")[1].decode().removeprefix("/hello/") for r in gets} <= {
+        username_for(i) for i in range(26)
+    }
+    for request in make_requests("put", 20, 26, 8080, seed=2):
+        head, body = request.split(b"\r\n\r\n")
+        assert head.startswith(b"PUT /hello/") and f"Content-Length: {len(body)}".encode() in head
+        born = date.fromisoformat(json.loads(body)["dateOfBirth"])
+        assert 1940 <= born.year <= 2015
+    puts = sum(r.startswith(b"PUT") for r in make_requests("mix", 2000, 26, 8080, seed=3))
+    assert 150 <= puts <= 250
+    with pytest.raises(ValueError):
+        make_requests("delete", 1, 1, 8080)
+
+
+def test_the_open_loop_rates_are_shares_of_the_capacity() -> None:
+    assert rates(4000.0) == [1000.0, 2000.0, 3000.0]
+    assert rates(2933.4) == [733.0, 1467.0, 2200.0]
+    assert rates(2.0) == [1.0, 1.0, 2.0]  # at least one request a second
+    assert rates(1000.0, (0.1,)) == [100.0]
+
+
+def test_the_open_loop_plan_and_table() -> None:
+    plan = openloop_scenarios(10_000, with_stack=True, postgres=True)
+    assert [(s.kind, s.server) for s in plan] == [
+        (kind, server) for kind in ("get", "put", "mix") for server in ("service", "stack", "postgres")
+    ]
+    assert {s.baseline for s in plan} == {None} and {s.users for s in plan} == {10_000}
+    # Every open-loop scenario's capacity is measured in a full run's plan.
+    full = scenarios(1_000, 10_000, 1_000_000, with_stack=True, postgres=True)
+    assert {(s.title, s.server) for s in plan} <= {(s.title, s.server) for s in full}
+    assert [s.server for s in openloop_scenarios(10, with_stack=False)] == ["service"] * 3
+
+    def load(p99_ms: float, lag_p99_ms: float, waited: int = 0) -> PacedLoad:
+        return PacedLoad(
+            1000.0, 12.0, 12_000, {"200": 11_990, "503": 4, "error": 6}, 0.5, p99_ms, 40.0, "get", 20.0,
+            send_seconds=11.999, written=12_000, lag_p99_ms=lag_p99_ms, lag_max_ms=3.0, waited=waited,
+            answered_all=11_990,
+        )  # fmt: skip
+
+    assert load(8.0, 0.9).kept_schedule and load(30.0, 2.9).kept_schedule
+    assert not load(8.0, 1.1).kept_schedule
+    scenario = Scenario("GET, 10,000 users", "stack", "get", 10_000)
+    kept = openloop_row(scenario, 0.25, 4000.0, load(8.0, 0.5), server_cpu=4.2)
+    late = openloop_row(scenario, 0.5, 4000.0, load(8.0, 2.0, waited=1234))
+    assert kept.achieved_rps == pytest.approx(1000.0) and kept.not_ok == 10
+    assert kept.server_cpu_us == pytest.approx(4.2e6 / 11_990)  # answers, the warm-up's too
+    results = Results("2 cores", "python scripts/bench.py --only openloop", 8.0, 3)
+    results.openloop, results.openloop_s, results.openloop_warmup_s = [kept, late], 12.0, 2.0
+    text = openloop_table(results)
+    row = "| GET, 10,000 users | service + Litestream | 25% of 4,000 | 1,000 | 1,000 | 0.50 | 8.00 | 20.00 |"
+    assert f"{row} 40.00 | 10 | 350 (35%) | 0.50 | 3.00 | kept |" in text
+    assert "| 50% of 4,000 |" in text and "| 2.00 | 3.00 | **late**: upper bounds; 1,234 waited" in text
+    assert "for 12 s after 2 s at the same rate" in text

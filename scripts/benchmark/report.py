@@ -6,8 +6,10 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from scripts.benchmark.paced import CONNECTIONS as PACED_CONNECTIONS
+from scripts.benchmark.paced import LAG_LIMIT_MS
 from scripts.benchmark.pricing import OPERATIONS, PRICE_LISTS, SECONDS_PER_MONTH
-from scripts.benchmark.results import Results, Row, SustainedRow, Traffic
+from scripts.benchmark.results import OpenLoopRow, Results, Row, SustainedRow, Traffic
 from scripts.benchmark.wrk import CONNECTIONS
 
 LABELS = {
@@ -134,6 +136,46 @@ def steady_table(results: Results) -> str:
         "when each was due). Store requests by price class, from the store's own log: PUT (and COPY, POST), "
         "LIST, GET (and HEAD), DELETE (and DeleteObjects)."
     )
+    return "\n".join([*markdown_table(header, rows), "", note])
+
+
+def _schedule(row: OpenLoopRow) -> str:
+    kept = "kept" if row.kept_schedule else "**late**: upper bounds"
+    return kept + (f"; {row.waited:,} waited for a connection" if row.waited else "")
+
+
+def _server_cpu(row: OpenLoopRow) -> str:
+    return f"{row.server_cpu_us:.0f} ({row.server_cpu_us * row.offered_rps / 1e6:.0%})"
+
+
+def openloop_table(results: Results) -> str:
+    """Each scenario at shares of its capacity, requests sent on a schedule: latency from the due time."""
+    header = (
+        "scenario", "server", "load", "offered req/s", "achieved req/s", "p50 ms", "p99 ms", "p99.9 ms",
+        "max ms", "not 2xx", "server CPU µs/req (busy)", "client lag p99 ms", "client lag max ms",
+        "client schedule",
+    )  # fmt: skip
+    rows = (
+        (r.scenario, LABELS[r.server], f"{r.share:.0%} of {r.capacity_rps:,.0f}", f"{r.offered_rps:,.0f}",
+         f"{r.achieved_rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.p999_ms:.2f}",
+         f"{r.max_ms:.2f}", f"{r.not_ok:,}", _server_cpu(r), f"{r.lag_p99_ms:.2f}", f"{r.lag_max_ms:.2f}",
+         _schedule(r))
+        for r in results.openloop
+    )  # fmt: skip
+    note = (
+        f"Requests sent on a schedule (an open loop: scripts/benchmark/paced.py, {PACED_CONNECTIONS} "
+        f"keep-alive connections at most, pinned to the load core) for {results.openloop_s:g} s after "
+        f"{results.openloop_warmup_s:g} s at the same rate, on a fresh server per row, at 25, 50 and 75% of "
+        "the scenario's capacity: its median wrk req/s in this run. Latency counts from each request's due "
+        "time, so waiting for the server, for a free connection or for the client is in it. Achieved: "
+        "requests sent per second, first to last. Server CPU: the worker's (and PostgreSQL's) CPU time "
+        "over the load, per request, and that at the offered rate as a share of the server's core. "
+        "Client lag: how late the client took up its requests; it kept its schedule when the p99 lag is "
+        f"within {LAG_LIMIT_MS:g} ms or a tenth of the p99 latency; otherwise its lateness is a part of "
+        "the row's latencies, which are then upper bounds."
+    )
+    if results.openloop and all(r.client_realtime for r in results.openloop):
+        note += " The client ran under SCHED_FIFO, ahead of other processes on the load core."
     return "\n".join([*markdown_table(header, rows), "", note])
 
 

@@ -90,6 +90,34 @@ class SteadyRow:
 
 
 @dataclass
+class OpenLoopRow:
+    """One scenario at a share of its capacity, requests sent on a schedule (scripts/benchmark/paced.py)."""
+
+    scenario: str
+    server: str
+    share: float  # of the capacity: 0.25, 0.5, 0.75
+    capacity_rps: float  # the scenario's median wrk throughput in the same run
+    offered_rps: float
+    achieved_rps: float  # requests sent per second, first to last
+    p50_ms: float  # latencies from each request's due time
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    not_ok: int  # answers outside 2xx, and requests with no answer
+    lag_p99_ms: float  # how late the client sent its requests
+    lag_max_ms: float
+    waited: int  # requests that found all the client's connections busy
+    kept_schedule: bool  # the client kept its schedule: else the latencies are partly its own
+    requests: int = 0  # counted (after the warm-up)
+    client_cpu: float = 0.0  # the client's CPU time over its run's time: its headroom on the load core
+    client_runqueue_ms: float = 0.0  # how long the client waited for the load core (other processes on it)
+    client_realtime: bool = False  # the client ran under SCHED_FIFO
+    # The server's CPU per request over the whole load, warm-up included: the worker's, and PostgreSQL's
+    # processes' for the PostgreSQL profile (as CPU µs/req plus DB CPU µs/req in the main table).
+    server_cpu_us: float = 0.0
+
+
+@dataclass
 class Results:
     machine: str
     command: str
@@ -105,3 +133,6 @@ class Results:
     durability: list[DurabilityRow] = field(default_factory=list)
     steady: list[SteadyRow] = field(default_factory=list)
     durability_s: float = 0.0
+    openloop: list[OpenLoopRow] = field(default_factory=list)
+    openloop_s: float = 0.0  # seconds of each open-loop window
+    openloop_warmup_s: float = 0.0  # seconds at the window's rate before it, not counted

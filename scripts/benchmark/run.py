@@ -13,12 +13,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scripts.benchmark.durability import run_durability
+from scripts.benchmark.openloop import WARMUP_SECONDS as OPENLOOP_WARMUP
+from scripts.benchmark.openloop import run_openloop
 from scripts.benchmark.postgres import PostgresDatabases, postgres_databases
 from scripts.benchmark.report import say
 from scripts.benchmark.restore import time_restore
 from scripts.benchmark.results import Results, Row
 from scripts.benchmark.runner import Bench, Sample
-from scripts.benchmark.scenarios import OTHER_LOOP, Scenario, scenarios, sustained_scenarios
+from scripts.benchmark.scenarios import (
+    OTHER_LOOP,
+    Scenario,
+    openloop_scenarios,
+    scenarios,
+    sustained_scenarios,
+)
 from scripts.benchmark.seed import seed_database
 from scripts.benchmark.servers import SERVER_CPU, stack_available
 from scripts.benchmark.sustained import run_sustained
@@ -54,7 +62,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
     results = Results(machine_description(), args.command, args.duration, args.rounds)
     small, medium, large = (100, 1_000, 10_000) if args.quick else (1_000, 10_000, 1_000_000)
     with_sqlite = args.only in ("all", "sqlite")
-    with_postgres = args.only in ("all", "postgres")
+    with_openloop = args.openloop_seconds > 0 and args.only in ("all", "openloop")
+    with_postgres = args.only in ("all", "postgres") or with_openloop
     with_sustained = args.sustained > 0 and args.only in ("all", "sqlite", "sustained")
     with_durability = args.durability > 0 and args.only in ("all", "durability")
     seeded: dict[int, Path] = {}
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
             try:
                 database = stack.enter_context(postgres_databases(str(SERVER_CPU)))
             except RuntimeError as exc:
-                if not with_sqlite:
+                if not with_sqlite and not with_openloop:
                     raise
                 results.notes.append(f"PostgreSQL scenarios skipped: {exc}")
                 with_postgres = False
@@ -93,7 +102,7 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
                 "server's processes' CPU over the measured seconds per request."
             )
         bench = Bench(workdir, args.duration, args.warmup, seeded, database, args.before)
-        if with_sqlite or with_postgres:
+        if args.only in ("all", "sqlite", "postgres"):
             plan = scenarios(
                 small,
                 medium,
@@ -105,6 +114,13 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
                 before=args.before is not None,
             )
             run_plan(args, plan, bench, results)
+        if with_openloop:
+            plan = openloop_scenarios(medium, with_stack, postgres=with_postgres)
+            if not with_sqlite:  # --only openloop: the capacity of each scenario, by wrk as in the main table
+                run_plan(args, plan, bench, results)
+            results.openloop_s, results.openloop_warmup_s = args.openloop_seconds, OPENLOOP_WARMUP
+            capacity = {(row.scenario, row.server): row for row in results.rows}
+            results.openloop = run_openloop(bench, plan, capacity, args.openloop_seconds)
         if with_sustained:
             results.sustained_s = args.sustained
             plan = sustained_scenarios(medium, with_stack, before=args.before is not None)

@@ -19,6 +19,11 @@ class Scenario:
     baseline: str | None = None  # the title of the scenario whose reference run is 100%
 
 
+def titles(users: int) -> tuple[str, str, str]:
+    """The titles of GET, PUT and the mix over ``users`` seeded users, as the tables show them."""
+    return f"GET, {users:,} users", "PUT (new and existing users)", "90% GET / 10% PUT"
+
+
 def scenarios(
     small: int,
     medium: int,
@@ -31,7 +36,7 @@ def scenarios(
 ) -> list[Scenario]:
     """The run's plan: for each of GET, PUT and the mix, the bare app, then SQLite, then PostgreSQL;
     with ``other_loop``, the bare app and SQLite under the other worker class too."""
-    get, put, mix = f"GET, {medium:,} users", "PUT (new and existing users)", "90% GET / 10% PUT"
+    get, put, mix = titles(medium)
     found: list[Scenario] = []
     suffix = OTHER_LOOP[0]
     for title, kind in ((get, "get"), (put, "put"), (mix, "mix")):
@@ -53,6 +58,7 @@ def scenarios(
     ]
     if with_stack:
         found += [
+            Scenario(get, "stack", "get", medium, baseline=get),
             Scenario(put, "stack", "put", medium, baseline=put),
             Scenario(mix, "stack", "mix", medium, mix),
         ]
@@ -68,5 +74,19 @@ def sustained_scenarios(users: int, with_stack: bool, before: bool = False) -> l
     return [
         Scenario(title, server, kind, users)
         for title, kind in (("PUT, sustained", "put"), ("90% GET / 10% PUT, sustained", "mix"))
+        for server in servers
+    ]
+
+
+def openloop_scenarios(
+    users: int, with_stack: bool, sqlite: bool = True, postgres: bool = False
+) -> list[Scenario]:
+    """GET, PUT and the mix on the server alone, the whole stack and the PostgreSQL profile: the open
+    loop's plan, and with ``--only openloop`` the wrk scenarios that measure their capacity."""
+    servers = [*(["service"] if sqlite else []), *(["stack"] if sqlite and with_stack else [])]
+    servers += ["postgres"] if postgres else []
+    return [
+        Scenario(title, server, kind, users)
+        for title, kind in zip(titles(users), ("get", "put", "mix"), strict=True)
         for server in servers
     ]
