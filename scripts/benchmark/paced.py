@@ -12,13 +12,13 @@ The client is one process on the load generator's core: HTTP/1.1 over keep-alive
 to ``connections``, opened as requests find none free, then used in turn), the requests written
 straight to asyncio transports on uvloop's loop and the answers parsed as they arrive: about
 100-200 µs of client CPU per request on the bench's machine, most of it in waking up for each (a
-third of its core at 2,000/s, 40% at 5,000/s; an aiohttp client needed 2.5 times that and fell
+third of its core at 2,000/s, 40% at 5,000/s; an aiohttp client needed 2 to 2.6 times that and fell
 behind at 3,000/s). It wakes for the next due time on a Linux timerfd (the loop's own timers round
 to the millisecond, the whole latency of a fast request) and checks its schedule whenever an answer
 arrives too. A request goes out late only when the client was busy or kept off its core: ``lag``
 (when the client took it up, less its due time) says by how much, and the latencies include it.
 With ``--realtime`` it runs under SCHED_FIFO where allowed, so that other processes on the load
-core do not delay it (on a shared machine they did, by up to 2 s in 6). What remains on a virtual
+core do not delay it (on a shared machine they did, by up to 1.9 s in 5). What remains on a virtual
 machine is the time its idle core takes to wake: up to a few milliseconds at times. Requests due in
 the first ``warmup`` seconds are sent but not counted.
 
