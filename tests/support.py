@@ -380,6 +380,18 @@ def can_sudo() -> bool:
     return subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0
 
 
+def require_tool(name: str, install: str) -> str:
+    """The path of the program ``name``; without it, skip saying how to install it (fail under CI=true,
+    which installs every tool: scripts/install-test-tools.sh)."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    reason = f"{name} is not installed ({install})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
 def require_root_for_tmpfs() -> None:
     """Skip, saying why, unless tmpfs can be mounted (root, or passwordless sudo); fail under CI=true."""
     if os.geteuid() == 0 or can_sudo():

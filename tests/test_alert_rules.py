@@ -7,7 +7,6 @@ saying so, except in CI (CI=true), where they fail: CI must run them.
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "ops" / "prometheus"
@@ -61,13 +62,7 @@ PAGE_FLOOR = 3
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        reason = "promtool is not installed (Debian: apt-get install --no-install-recommends prometheus)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    return found
+    return require_tool("promtool", "Debian: apt-get install --no-install-recommends prometheus")
 
 
 def rules_of(path: Path) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +27,6 @@ from service.store.sqlite import migrate
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-needs_litestream = pytest.mark.skipif(shutil.which("litestream") is None, reason="litestream is not on PATH")
 
 
 def settings_for(tmp_path: Path, **extra: str) -> StackSettings:
@@ -143,7 +140,6 @@ def test_within_restore_timeout_retries_what_may_pass_and_names_what_refused(tmp
         steps.within_restore_timeout(settings, "reading the replica", unreachable)
 
 
-@needs_litestream
 def test_place_database_starts_new_on_an_empty_replica_and_drops_an_empty_file(boot: Boot) -> None:
     steps.lock_volume(boot)
     steps.take_lease(boot)
@@ -173,7 +169,6 @@ def test_migrate_database_creates_the_schema(boot: Boot) -> None:
     assert rows(boot.settings.database) == []
 
 
-@needs_litestream
 def test_start_litestream_waits_for_its_first_sync(boot: Boot) -> None:
     steps.lock_volume(boot)
     steps.take_lease(boot)
@@ -229,7 +224,6 @@ def test_merge_delivered_rows_merges_what_arrived_and_reports_it(boot: Boot, tmp
     assert json.loads(boot.files.merged.read_text())["rows_written"] == 1
 
 
-@needs_litestream
 def test_start_gunicorn_hands_over_the_contract(tmp_path: Path) -> None:
     # gunicorn runs its config file as Python: this one writes down what it was handed, then exits.
     handed = tmp_path / "handed.json"

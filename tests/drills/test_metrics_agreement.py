@@ -18,9 +18,7 @@ shows an upload outage counts nothing).
 """
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -36,7 +34,16 @@ import yaml
 
 from tests.drills.stack import S3Server, StackFactory
 from tests.promql import metric_names
-from tests.support import ROOT, free_port, get_birthday, http_status, put_birthday, stop_group, wait_until
+from tests.support import (
+    ROOT,
+    free_port,
+    get_birthday,
+    http_status,
+    put_birthday,
+    require_tool,
+    stop_group,
+    wait_until,
+)
 
 RULE_FILES = tuple(
     ROOT / "ops" / "prometheus" / name for name in ("alerts.yml", "slo_requests.yml", "slo_replica_lag.yml")
@@ -245,13 +252,7 @@ def test_every_metric_in_the_rules_and_dashboard_is_exported(
 
 
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        reason = "prometheus is not installed (Debian: apt-get install --no-install-recommends prometheus)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    return found
+    return require_tool("prometheus", "Debian: apt-get install --no-install-recommends prometheus")
 
 
 @contextmanager
