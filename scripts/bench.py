@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(profile(args.profile, args.duration, workdir, on_postgres=args.only == "postgres"))
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if args.keep:
+                say(f"work folder kept: {workdir} (profile.txt: py-spy's collapsed stacks)")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
         return 0
     try:
         results = run(args, workdir)
