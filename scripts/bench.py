@@ -116,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         "one in GET, PUT, the mix and the sustained scenarios, from the same run",
     )
     parser.add_argument(
+        "--litestream-config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="run the whole stack with this litestream.yml instead of the project's (to measure "
+        "Litestream's checkpoint settings: docs/benchmarks.md)",
+    )
+    parser.add_argument(
         "--timeline",
         action="store_true",
         help="instead of the benchmark: sustained PUTs with the worker's timeline on (TRACE_FILE), "
@@ -148,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             seeded = workdir / "seed" / "10000.db"
             seed_database(seeded, 10_000)
-            bench = Bench(workdir, args.duration, args.warmup, {10_000: seeded})
+            bench = Bench(
+                workdir,
+                args.duration,
+                args.warmup,
+                {10_000: seeded},
+                litestream_config=args.litestream_config,
+            )
             print(run_timeline(bench, 10_000, args.sustained, stack_available()))
         finally:
             if not args.keep:

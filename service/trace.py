@@ -5,8 +5,8 @@ With ``TRACE_FILE`` set, the worker records, with ``time.time()`` stamps:
 - ``lock``, ``write`` and ``commit``: each group commit's wait for SQLite's write lock, its inserts
   (``count`` rows) and its COMMIT, timed in the writer's thread;
 - ``checkpoint``: a checkpoint the service's checkpointer thread ran, with the frames it copied
-  (``count``), ``restart-checkpoint`` one the writer ran to let the WAL start over, ``wal-flush`` an
-  fdatasync of the WAL while Litestream holds it;
+  (``count``), ``restart-checkpoint`` one the writer ran to let the WAL start over (neither runs
+  beside Litestream, which checkpoints the database itself);
 - ``backfill``: frames checkpointed while a COMMIT ran, read from the WAL index before and after it
   (by SQLite's automatic checkpoint inside the COMMIT where that is on; else by another connection);
 - ``gc``: each garbage collection (``count`` is the generation);

@@ -8,12 +8,7 @@ S3-compatible server, with the machine lost, is ``tests/drills/test_machine_lost
 """
 
 import asyncio
-import contextlib
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,71 +23,12 @@ from service.http.app import create_app
 from service.settings import Config, ConfigError
 from service.store.sqlite import migrate
 from tests.conftest import TODAY
+from tests.support import Litestream
 
 ROOT = Path(__file__).resolve().parent.parent
-LITESTREAM = Path(sys.executable).parent / "litestream"
 Client = TestClient[web.Request, web.Application]
 
 pytestmark = pytest.mark.slow
-
-
-class Litestream:
-    """``litestream replicate`` on the database, with its control socket, until the test ends."""
-
-    def __init__(self, tmp_path: Path, database: Path) -> None:
-        self.database = database
-        self.replica = tmp_path / "replica"
-        self.socket = tmp_path / "ls.sock"
-        self.env = {
-            **os.environ,
-            "DATABASE_PATH": str(database),
-            "REPLICA_URL": f"file://{self.replica}",
-            "LITESTREAM_METRICS_ADDR": "",
-            "LITESTREAM_SOCKET": str(self.socket),
-            "LOG_LEVEL": "WARNING",
-        }
-        self.process = subprocess.Popen(
-            [str(LITESTREAM), "replicate", "-config", str(ROOT / "litestream.yml")],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def wait_for_first_sync(self) -> None:
-        deadline = time.monotonic() + 30
-        while b"last_sync_at" not in self._list():
-            assert self.process.poll() is None, "Litestream exited at start"
-            assert time.monotonic() < deadline, "Litestream did not sync within 30 s"
-            time.sleep(0.1)
-
-    def _list(self) -> bytes:
-        answer = subprocess.run(
-            [str(LITESTREAM), "list", "-json", "-socket", str(self.socket), "-timeout", "2"],
-            capture_output=True,
-            check=False,
-        )
-        return answer.stdout
-
-    def restored_users(self, target: Path) -> set[str]:
-        """The users in a restore of the replica alone, made now."""
-        subprocess.run(
-            [str(LITESTREAM), "restore", "-o", str(target), f"file://{self.replica}"],
-            env=self.env,
-            capture_output=True,
-            check=True,
-        )
-        with contextlib.closing(sqlite3.connect(target)) as conn:
-            return {row[0] for row in conn.execute("SELECT username FROM users")}
-
-    def signal(self, sig: int) -> None:
-        os.killpg(self.process.pid, sig)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@ writer's wait for the write lock, and the TRACE_FILE timeline. Real files, real 
 
 import asyncio
 import json
+import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -13,11 +15,12 @@ from pytest_aiohttp import AiohttpClient
 
 from service.http.app import create_app
 from service.settings import Config
-from service.store import StoreUnavailable, checkpointer
+from service.store import Store, StoreUnavailable, checkpointer, open_store
 from service.store.sqlite import SqliteStore, connect, migrate
 from service.store.wal_index import WalIndex
 from service.trace import load
 from tests.conftest import TODAY
+from tests.support import Litestream
 
 
 def test_the_wal_index_reports_what_sqlite_reports(tmp_path: Path) -> None:
@@ -192,3 +195,85 @@ async def test_a_put_that_meets_a_lock_for_too_long_is_answered_503(
         holder.close()
     assert (await client.get("/hello/locked")).status == 404
     assert (await client.put("/hello/locked", json={"dateOfBirth": "1990-01-01"})).status == 204
+
+
+async def _write_until(store: Store, done: Callable[[], bool], what: str, timeout: float = 20) -> int:
+    """Concurrent upserts, 50 at a time, until ``done()``; the rows written."""
+    deadline = time.monotonic() + timeout
+    written = 0
+    while not done():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        await asyncio.gather(
+            *(store.upsert_birthday(f"u{written + i}", date(1990, 1, 1 + i % 28)) for i in range(50))
+        )
+        written += 50
+    return written
+
+
+def _copied_back(index: WalIndex) -> Callable[[], bool]:
+    """Whether a checkpoint has copied frames into the database since the call: frames marked copied, or
+    a WAL started over (fewer frames than before), which only a checkpoint that copied them all allows."""
+    largest = 0
+
+    def check() -> bool:
+        nonlocal largest
+        frames = index.frames() or (0, 0)
+        if frames[1] > 0 or frames[0] < largest:
+            return True
+        largest = frames[0]
+        return False
+
+    return check
+
+
+@pytest.mark.slow
+async def test_beside_litestream_the_service_leaves_checkpoints_to_it(tmp_path: Path) -> None:
+    # Litestream holds a read transaction from one of its checkpoints to the next (db.go:
+    # acquireReadLock), so a checkpoint of the service's could copy nothing and would only take the
+    # lock Litestream's own needs. Beside it (the supervisor hands its pid over), the service runs none,
+    # and Litestream's checkpoint (min-checkpoint-page-count, 1,000 pages) copies the WAL back.
+    path = tmp_path / "hello.db"
+    migrate(path)
+    litestream = Litestream(tmp_path, path)
+    try:
+        litestream.wait_for_first_sync()
+        store = await open_store(Config(database_path=path, litestream_pid=litestream.process.pid))
+        index = WalIndex(path)
+        try:
+            assert "sqlite-checkpointer" not in {thread.name for thread in threading.enumerate()}
+            written = await _write_until(store, _copied_back(index), "Litestream's checkpoint")
+            assert await store.count_users() == written
+        finally:
+            await store.close()
+            index.close()
+    finally:
+        litestream.stop()
+
+
+async def test_beside_litestream_the_service_itself_copies_nothing(tmp_path: Path) -> None:
+    # The same setting with Litestream stopped (its pid: this process's, alive): no checkpoint at all.
+    path = tmp_path / "hello.db"
+    store = await open_store(Config(database_path=path, litestream_pid=os.getpid()))
+    index = WalIndex(path)
+    try:
+        await _write_until(
+            store, lambda: (index.frames() or (0, 0))[0] >= 3 * checkpointer.CHECKPOINT_FRAMES, "3,000 frames"
+        )
+        await asyncio.sleep(0.2)  # a checkpointer, if there were one, would have been woken by now
+        frames = index.frames()
+        assert frames is not None and frames[1] == 0
+    finally:
+        await store.close()
+        index.close()
+
+
+async def test_without_litestream_the_service_checkpoints_itself(tmp_path: Path) -> None:
+    path = tmp_path / "hello.db"
+    store = await open_store(Config(database_path=path))
+    index = WalIndex(path)
+    try:
+        assert "sqlite-checkpointer" in {thread.name for thread in threading.enumerate()}
+        await _write_until(store, _copied_back(index), "the service's checkpoint")
+    finally:
+        await store.close()
+        index.close()

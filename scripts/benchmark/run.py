@@ -101,7 +101,9 @@ def run(args: argparse.Namespace, workdir: Path) -> Results:
                 "cloned from a seeded template for every sample. DB CPU µs/req is the PostgreSQL "
                 "server's processes' CPU over the measured seconds per request."
             )
-        bench = Bench(workdir, args.duration, args.warmup, seeded, database, args.before)
+        bench = Bench(
+            workdir, args.duration, args.warmup, seeded, database, args.before, args.litestream_config
+        )
         if args.only in ("all", "sqlite", "postgres"):
             plan = scenarios(
                 small,

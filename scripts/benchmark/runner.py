@@ -4,6 +4,7 @@ measured and stopped."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -36,6 +37,7 @@ class Bench:
     seeded: Mapping[int, Path]
     postgres: PostgresDatabases | None = None
     before: Path | None = None
+    litestream_config: Path | None = None  # the stack's litestream.yml, when not the project's own
     scripts: dict[tuple[str, int], Path] = field(default_factory=dict, init=False)
     started: int = field(default=0, init=False)
 
@@ -114,7 +116,19 @@ class Bench:
             "LITESTREAM_SOCKET": str(self.workdir / f"litestream-{self.started}.sock"),
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         } | extra
-        return running(name, ["bash", "scripts/start.sh"], env, port, log, 120, cwd=cwd)
+        command = ["bash", "scripts/start.sh"]
+        if self.litestream_config is not None and cwd == ROOT:
+            command = ["python", "-m", "service", "supervise", str(self.stack_root(self.litestream_config))]
+        return running(name, command, env, port, log, 120, cwd=cwd)
+
+    def stack_root(self, litestream_config: Path) -> Path:
+        """A folder like the project's for ``supervise``: the given litestream.yml, our gunicorn.conf.py."""
+        root = self.workdir / "stack-root"
+        if not root.is_dir():
+            root.mkdir()
+            shutil.copyfile(litestream_config, root / "litestream.yml")
+            shutil.copyfile(ROOT / "gunicorn.conf.py", root / "gunicorn.conf.py")
+        return root
 
     def service_env(self, database: Path, port: int) -> dict[str, str]:
         return {

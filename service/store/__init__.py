@@ -55,7 +55,9 @@ async def open_store(config: Config, observe: Observe | None = None) -> Store:
         return await PostgresStore.open(config.postgres, observe=observe)
     from service.store.sqlite import SqliteStore
 
-    return await SqliteStore.open(config.database_path, observe=observe)
+    # Beside Litestream (the supervisor hands its pid over), Litestream alone checkpoints the database.
+    litestream = config.litestream_pid is not None
+    return await SqliteStore.open(config.database_path, observe=observe, litestream=litestream)
 
 
 async def migrate_store(config: Config) -> tuple[str, int]:

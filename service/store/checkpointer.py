@@ -15,15 +15,14 @@ CATCH_UP_FRAMES the writer copies the rest itself before its next transaction
 (``Checkpointer.restart_due``), usually nothing or a few frames, and the WAL starts over. At twice
 RESTART_FRAMES the writer does so whatever is left: the WAL cannot grow without bound.
 
-With Litestream running, its long-lived read transaction keeps any other connection's checkpoint from
-copying past it, and Litestream checkpoints (and restarts the WAL) itself, holding SQLite's write lock
-while it seals the WAL and checkpoints. The thread's checkpoints then copy nothing; instead it flushes
-the WAL to disk (fdatasync), so that less is left for the flush inside Litestream's checkpoint, and
-waits IDLE_PAUSE before the next.
+Beside Litestream none of this runs (``SqliteStore.open(..., litestream=True)``): Litestream holds a
+read transaction from each of its checkpoints to the next (its db.go, ``acquireReadLock``), so no
+other connection's checkpoint can copy a frame, and it checkpoints and restarts the WAL itself on its
+own thresholds (litestream.yml). A thread of ours would only take the checkpoint lock that Litestream's
+own checkpoint needs. docs/benchmarks.md "The stack's write tail" has the figures.
 """
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -53,9 +52,8 @@ _last_warning = float("-inf")
 class Checkpointer:
     """A thread that runs passive checkpoints on its own connection when ``after_commit`` wakes it."""
 
-    def __init__(self, conn: sqlite.Connection, wal: WalIndex, wal_path: Path) -> None:
+    def __init__(self, conn: sqlite.Connection, wal: WalIndex) -> None:
         self._conn = conn
-        self._wal_path = wal_path
         self._wal = wal
         self._wake = threading.Event()
         self._stopping = False
@@ -65,7 +63,7 @@ class Checkpointer:
     @classmethod
     def open(cls, path: Path, wal: WalIndex) -> "Checkpointer":
         conn = sqlite.connect(str(path), isolation_level=None, check_same_thread=False)
-        return cls(conn, wal, Path(f"{path}-wal"))
+        return cls(conn, wal)
 
     def after_commit(self) -> None:
         """Called by the writer after each COMMIT: wake the thread if enough is left to copy."""
@@ -93,8 +91,7 @@ class Checkpointer:
             if self._stopping:
                 return
             copied = checkpoint_passive(self._conn, self._wal, "checkpoint")
-            if not copied:
-                self._flush_wal()
+            if not copied:  # a reader holds the frames back: give it time
                 time.sleep(IDLE_PAUSE)
             elif self._restart_near():
                 self._wake.set()  # again at once: the writer restarts the WAL once little is left
@@ -105,20 +102,6 @@ class Checkpointer:
         """Whether the WAL holds RESTART_FRAMES or more, so that the writer will restart it soon."""
         frames = self._wal.frames()
         return frames is not None and frames[0] >= RESTART_FRAMES
-
-    def _flush_wal(self) -> None:
-        started = time.time()
-        try:
-            fd = os.open(self._wal_path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fdatasync(fd)
-        except OSError:
-            return
-        finally:
-            os.close(fd)
-        TIMELINE.record("wal-flush", started, time.time())
 
 
 def checkpoint_passive(conn: sqlite.Connection, wal: WalIndex, event: str) -> int:

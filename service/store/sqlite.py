@@ -134,16 +134,19 @@ class _SqliteWriter:
 
     A batch is one call on that thread (one hand-over there and back for the whole transaction):
     wait for the write lock, insert every row, commit. Checkpoints run on the checkpointer's thread
-    (service/store/checkpointer.py). With ``TRACE_FILE`` set it records each step (service/trace.py).
+    (service/store/checkpointer.py), unless Litestream checkpoints the database (``litestream``):
+    then the service runs none, since Litestream's read transaction keeps them from copying anything
+    and their lock only makes Litestream's own checkpoints give up. With ``TRACE_FILE`` set it
+    records each step (service/trace.py).
     """
 
     write_errors: tuple[type[Exception], ...] = (sqlite.Error,)
 
-    def __init__(self, conn: sqlite.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite.Connection, path: Path, litestream: bool) -> None:
         self._conn = conn
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._wal = WalIndex(path)
-        self._checkpointer = Checkpointer.open(path, self._wal)
+        self._checkpointer = None if litestream else Checkpointer.open(path, self._wal)
 
     async def call(self, function: Callable[[], T]) -> T:
         """Run ``function`` on the writer's thread."""
@@ -160,7 +163,8 @@ class _SqliteWriter:
 
     async def close(self) -> None:
         try:
-            await asyncio.to_thread(self._checkpointer.close)
+            if self._checkpointer is not None:
+                await asyncio.to_thread(self._checkpointer.close)
             await self.call(self._conn.close)
         finally:
             self._thread.shutdown(wait=True)
@@ -168,7 +172,8 @@ class _SqliteWriter:
 
     def _write(self, rows: Sequence[Row]) -> None:
         conn = self._conn
-        if self._checkpointer.restart_due():
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.restart_due():
             checkpoint_passive(conn, self._wal, "restart-checkpoint")
         started = time.time()
         self._begin()
@@ -183,7 +188,8 @@ class _SqliteWriter:
                 with contextlib.suppress(sqlite.Error):
                     conn.execute("ROLLBACK")
             raise
-        self._checkpointer.after_commit()
+        if checkpointer is not None:
+            checkpointer.after_commit()
         if TIMELINE.enabled:
             committed = time.time()
             TIMELINE.record("lock", started, locked)
@@ -266,11 +272,12 @@ class SqliteStore:
         counter: aiosqlite.Connection,
         schema_version: int,
         observe: Callable[[str, float], None] | None = None,
+        litestream: bool = False,
     ) -> None:
         self._reader = reader
         self._read_cursor = reader.cursor()
         self._path = Path(reader.execute("PRAGMA database_list").fetchone()[2])
-        self._writer = _SqliteWriter(writer, self._path)
+        self._writer = _SqliteWriter(writer, self._path, litestream)
         self._writes: GroupCommit[Row] = GroupCommit(self._writer)
         self._counter = counter
         self._schema_version = schema_version
@@ -287,7 +294,9 @@ class SqliteStore:
         path: Path,
         observe: Callable[[str, float], None] | None = None,
         migrations: Path | None = None,
+        litestream: bool = False,
     ) -> "SqliteStore":
+        """Migrate and open ``path``; ``litestream``: Litestream runs beside and checkpoints it."""
         version = await asyncio.to_thread(migrate, path, migrations)
         writer = await asyncio.to_thread(_connect_writer, path)
         try:
@@ -300,7 +309,7 @@ class SqliteStore:
         except BaseException:
             writer.close()
             raise
-        return cls(reader, writer, counter, version, observe)
+        return cls(reader, writer, counter, version, observe, litestream)
 
     async def close(self) -> None:
         """Finish the queued writes, then close every connection; closing again does nothing."""
