@@ -125,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timeline",
-        action="store_true",
-        help="instead of the benchmark: sustained PUTs with the worker's timeline on (TRACE_FILE), "
-        "and what the slowest requests overlapped",
+        nargs="?",
+        const="both",
+        choices=("both", "service", "stack"),
+        help="instead of the benchmark: sustained PUTs (--sustained seconds) with the worker's timeline on "
+        "(TRACE_FILE), and what the slowest requests overlapped; on the server alone and the whole stack, "
+        "or only the one named",
     )
     parser.add_argument(
         "--profile",
@@ -163,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                 {10_000: seeded},
                 litestream_config=args.litestream_config,
             )
-            print(run_timeline(bench, 10_000, args.sustained, stack_available()))
+            servers = [
+                server
+                for server in ("service", "stack")
+                if args.timeline in ("both", server) and (server != "stack" or stack_available())
+            ]
+            print(run_timeline(bench, 10_000, args.sustained, servers))
         finally:
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)

@@ -15,6 +15,7 @@ from scripts.benchmark.report import LABELS, markdown_table, say
 from scripts.benchmark.runner import Bench
 from scripts.benchmark.scenarios import Scenario
 from scripts.benchmark.servers import HOST, free_port
+from scripts.benchmark.sustained import FileWatcher
 from scripts.benchmark.wrk import Load, run_wrk
 
 # A timeline event as service/trace.py writes it: (kind, start, end, count).
@@ -139,12 +140,13 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * pct / 100))]
 
 
-def run_timeline(bench: Bench, users: int, seconds: float, with_stack: bool) -> str:
-    """Sustained PUTs with the worker's timeline on (TRACE_FILE), server alone and whole stack."""
+def run_timeline(bench: Bench, users: int, seconds: float, servers: Sequence[str]) -> str:
+    """Sustained PUTs with the worker's timeline on (TRACE_FILE), on each of ``servers`` ("service": the
+    server alone, "stack": with Litestream)."""
     from service.trace import load as load_events
 
     parts = []
-    for server in ("service", "stack") if with_stack else ("service",):
+    for server in servers:
         scenario = Scenario("PUT, sustained, traced", server, "put", users)
         name = bench.name("timeline", server)
         trace = bench.workdir / name / "trace.jsonl"
@@ -155,11 +157,17 @@ def run_timeline(bench: Bench, users: int, seconds: float, with_stack: bool) -> 
             run_wrk(server_process.port, script, 2.0)
             measured_from = time.time()
             before = litestream_checkpoint_figures(litestream) if server == "stack" else None
-            load = run_wrk(server_process.port, script, seconds)
+            with FileWatcher(bench.database(name).with_name("hello.db-wal")) as wal:
+                load = run_wrk(server_process.port, script, seconds)
             after = litestream_checkpoint_figures(litestream) if server == "stack" else None
         events = load_events(trace) + litestream_checkpoints(bench.workdir / f"{name}.log")
         events = [event for event in events if event[2] >= measured_from]
         text = describe_timeline(f"{LABELS[server]}, {seconds:g} s of PUTs", load, events)
+        waited = sum(end - start for kind, start, end, _ in events if kind == "lock")
+        text += (
+            f"\n\nThe writer waited for SQLite's write lock {waited:.2f} s in all "
+            f"({waited / seconds:.1%} of the load); the WAL file reached {wal.largest / 1e6:.1f} MB."
+        )
         if before is not None and after is not None and after[0] > before[0]:
             count, total = after[0] - before[0], after[1] - before[1]
             text += (
