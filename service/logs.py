@@ -108,7 +108,12 @@ class JsonLineHandler(logging.StreamHandler[TextIO]):
             if self._pending:
                 text = "".join(self._pending)
                 self._pending.clear()
-                self.stream.write(text)
+                # Every line is a JSON object (ours): a JsonLinesOnly stream takes them without
+                # checking each line again.
+                write = self.stream.write
+                if type(self.formatter) is JsonFormatter and isinstance(self.stream, JsonLinesOnly):
+                    write = self.stream.write_json_lines
+                write(text)
             if hasattr(self.stream, "flush"):
                 self.stream.flush()
 
@@ -243,6 +248,12 @@ class JsonLinesOnly(io.TextIOBase):
                 )
         if out:
             self._stream.write("".join(out))
+        return len(text)
+
+    def write_json_lines(self, text: str) -> int:
+        """Lines known to be JSON objects, each ending in a newline (``JsonLineHandler``'s), written
+        as they are. A partial line already waiting stays waiting until a ``write`` ends it."""
+        self._stream.write(text)
         return len(text)
 
     def flush(self) -> None:

@@ -43,17 +43,21 @@ def _first(r: Row | SustainedRow) -> tuple[str, ...]:
 
 
 def table(results: Results) -> str:
-    header = (*_FIRST, "errors", "peak RSS MB", "CPU µs/req", "DB CPU µs/req", "ready s", "ratio")
+    header = (*_FIRST, "errors", "peak RSS MB", "CPU µs/req", "DB CPU µs/req", "ready s", "ratio",
+              "CPU ratio", "wrk's core")  # fmt: skip
     rows = (
         (*_first(r), f"{r.errors}", f"{r.peak_rss_mb:.1f}", f"{r.cpu_us:.0f}",
          f"{r.db_cpu_us:.0f}" if r.server == "postgres" else "", f"{r.ready_s:.2f}",
-         f"{r.ratio:.0%}" if r.ratio is not None else "")
+         f"{r.ratio:.0%}" if r.ratio is not None else "",
+         f"{r.cpu_ratio:.0%}" if r.cpu_ratio is not None else "", f"{r.client_busy:.0%}")
         for r in results.rows
     )  # fmt: skip
     notes = [
         f"Medians of {results.rounds} rounds of {results.duration_s:g} s each. Ratio: req/s as a share of "
         "the bare aiohttp app in the same scenario; for the largest GET, of the service's GET at the "
-        "smallest scale."
+        "smallest scale. CPU ratio: the same share by CPU time per request (the baseline's µs/req over "
+        "this row's), which a neighbour taking part of the server's core moves far less. wrk's core: the "
+        "most of it wrk used in a round (above 90% its own limit, not the server's, would set req/s)."
     ]
     if results.restore_s is not None:
         notes.append(

@@ -20,6 +20,10 @@ class Row:
     ratio: float | None = None
     ratio_of: str = ""
     db_cpu_us: float = 0.0  # the PostgreSQL server's CPU per request (SQLite's is in the worker's)
+    # The bare app's CPU per request over this row's, in the same scenario: the share by CPU time, which
+    # a neighbour taking part of the server's core moves far less than req/s.
+    cpu_ratio: float | None = None
+    client_busy: float = 0.0  # the share of its core wrk used (the most of the rounds)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,17 @@ class Load:
     p999_ms: float = 0.0
     max_ms: float = 0.0
     non2xx: int = 0  # answers outside 2xx, also counted in errors
+    # wrk's own CPU time (user and system): near ``seconds`` means its core, not the server, set the rate.
+    client_cpu_s: float = 0.0
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def client_busy(self) -> float:
+        """The share of its core wrk used (warm-up and start-up included, so a little over the load's)."""
+        return self.client_cpu_s / self.seconds
 
 
 def lua_script(kind: str, users: int) -> str:
@@ -48,7 +56,11 @@ def wrk_command(port: int, script: Path, seconds: int, *options: str) -> list[st
 
 def run_wrk(port: int, script: Path, seconds: float) -> Load:
     command = wrk_command(port, script, max(1, round(seconds)), "--latency", "--timeout", "5s")
+    # wrk is the only child this process waits for meanwhile: its CPU time is what the count grows by.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     for line in result.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
             raw = json.loads(line.removeprefix("BENCH_JSON "))
@@ -62,5 +74,6 @@ def run_wrk(port: int, script: Path, seconds: float) -> Load:
                 p999_ms=raw["p999_us"] / 1000,
                 max_ms=raw["max_us"] / 1000,
                 non2xx=raw["non2xx"],
+                client_cpu_s=client_cpu,
             )
     raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")

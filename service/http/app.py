@@ -3,8 +3,9 @@
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 
 from aiohttp import web
 
@@ -30,8 +31,7 @@ def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.A
     metrics.record_boot(config.boot_report)
     app = web.Application(middlewares=[observe(metrics)], client_max_size=views.MAX_BODY_BYTES)
     app[keys.CONFIG] = config
-    zone = config.zone
-    app[keys.CLOCK] = clock or (lambda: datetime.now(zone).date())
+    app[keys.CLOCK] = clock or _Today(config.zone)
     app[keys.METRICS] = metrics
     app[keys.STATE] = keys.State()
     litestream = config.litestream_metrics_addr
@@ -57,6 +57,26 @@ def create_app(config: Config, clock: Callable[[], date] | None = None) -> web.A
     app.router.add_get("/readyz", views.readyz)
     app.router.add_get("/openapi.json", views.openapi)
     return app
+
+
+class _Today:
+    """Today's date in the service's time zone, asked on every GET and PUT.
+
+    A date changes only on a whole second, so it is worked out once a second: ``datetime.now(zone)``
+    converts to the zone on every call.
+    """
+
+    def __init__(self, zone: tzinfo) -> None:
+        self._zone = zone
+        self._second = -1
+        self._today = date.min
+
+    def __call__(self) -> date:
+        second = int(time.time())
+        if second != self._second:
+            self._today = datetime.fromtimestamp(second, self._zone).date()
+            self._second = second
+        return self._today
 
 
 async def app_factory() -> web.Application:

@@ -40,4 +40,3 @@ LITESTREAM: web.AppKey[LitestreamMetrics | None] = web.AppKey("litestream")
 REPLICATION: web.AppKey[ReplicationAcks | None] = web.AppKey("replication")
 Clock = Callable[[], date]
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
-REQUEST_ID = web.RequestKey("request_id", str)

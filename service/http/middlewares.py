@@ -13,7 +13,6 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from service.http import keys
 from service.http.metrics import Metrics
 from service.http.problems import InternalError, Problem, from_http_exception
 from service.logs import AccessLog
@@ -51,7 +50,6 @@ def observe(metrics: Metrics) -> Middleware:
                 break
         else:
             request_id = f"{prefix}{next(counter):016x}"
-        request[keys.REQUEST_ID] = request_id
         try:
             response = await handler(request)
         except Problem as problem:
