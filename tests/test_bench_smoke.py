@@ -41,6 +41,7 @@ from scripts.benchmark.report import (
     table,
 )
 from scripts.benchmark.results import DurabilityRow, Results, Row, SteadyRow, SustainedRow, Traffic
+from scripts.benchmark.runner import Bench
 from scripts.benchmark.scenarios import Scenario, openloop_scenarios, scenarios, sustained_scenarios
 from scripts.benchmark.seed import birthday_for, seed_database, username_for
 from scripts.benchmark.servers import SERVER_CPU, peak_rss_mb
@@ -50,9 +51,10 @@ from scripts.benchmark.wrk import Load, lua_script
 from service.http.app import create_app
 from service.settings import Config
 from service.store.migrations import load_migrations, migrations_dir
+from service.store.wal_index import WalIndex
 from tests.conftest import TODAY
 from tests.pg_server import server_binaries, skip_or_fail
-from tests.support import wait_until
+from tests.support import ROOT, put_birthday, username, wait_until
 
 
 def test_seeding_writes_every_user_named_as_the_load_scripts_name_them(tmp_path: Path) -> None:
@@ -212,6 +214,43 @@ def test_litestream_checkpoints_are_read_from_its_log(tmp_path: Path) -> None:
     )
     when = datetime(2026, 12, 3, 13, 0, 0, 250_000, tzinfo=UTC).timestamp()
     assert litestream_checkpoints(log) == [("litestream-passive", when, when, 3120)]
+
+
+@pytest.mark.slow
+def test_the_stack_runs_with_another_litestream_yml(tmp_path: Path) -> None:
+    # --litestream-config: the stack under supervise, with the given file in place of the project's.
+    # 50 pages instead of 1,000: a few hundred single-row PUTs make Litestream checkpoint, which its
+    # default would not do (they write about 600 frames) before its one-minute interval.
+    config = tmp_path / "litestream.yml"
+    text = (ROOT / "litestream.yml").read_text()
+    config.write_text(
+        text.replace(
+            "    monitor-interval: 250ms\n",
+            "    monitor-interval: 250ms\n    min-checkpoint-page-count: 50\n",
+        )
+    )
+    assert "min-checkpoint-page-count: 50" in config.read_text()
+    seeded = tmp_path / "seed.db"
+    seed_database(seeded, 100)
+    bench = Bench(tmp_path / "work", 1.0, 0.0, {100: seeded}, litestream_config=config)
+    bench.workdir.mkdir()
+    name = bench.name("stack")
+    with bench.server(Scenario("PUT", "stack", "put", 100), name) as server:
+        index = WalIndex(bench.database(name))
+        largest = 0
+        checkpointed = False
+        try:
+            for number in range(600):
+                assert put_birthday(f"http://127.0.0.1:{server.port}", username(number, "user")) == 204
+                frames = index.frames() or (0, 0)
+                if frames[1] > 0 or frames[0] < largest:  # copied back, or a WAL started over
+                    checkpointed = True
+                    break
+                largest = frames[0]
+        finally:
+            index.close()
+    assert (bench.workdir / "stack-root" / "litestream.yml").read_text() == config.read_text()
+    assert checkpointed, f"no checkpoint with min-checkpoint-page-count: 50 (WAL at {largest} frames)"
 
 
 def test_the_timeline_names_the_stall_under_the_slowest_requests() -> None:
