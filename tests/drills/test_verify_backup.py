@@ -134,14 +134,34 @@ def test_a_replica_deleted_under_the_running_stack_fails_with_the_reason(
     def replica_objects() -> list[str]:
         return [key for key in s3_server.keys(prefix) if not key.endswith(f"/{LEASE_OBJECT}")]
 
+    def wipe() -> None:
+        for key in replica_objects():
+            client.delete_object(Bucket=s3_server.bucket, Key=key)
+
     wait_until(lambda: len(replica_objects()) >= 2, 20, "the stack replicated nothing")
     # Everything Litestream wrote goes; the writer lease stays, so the stack keeps serving writes.
-    for key in replica_objects():
-        client.delete_object(Bucket=s3_server.bucket, Key=key)
+    # And it keeps going while the check runs: a sync that fails once (an upload racing the deletion)
+    # makes Litestream forget the replica's position and upload its whole chain again from the local
+    # files (replica.go, syncOnce: r.pos cleared on error, then calcPos on the emptied replica), which
+    # heals the replica within seconds. What is checked here is a replica that cannot be restored.
+    wipe()
     assert put_birthday(stack.base_url, "Afterdeletion") == 204
+    checked = threading.Event()
 
+    def keep_wiping() -> None:
+        while not checked.wait(0.1):  # every 100 ms until the check is over
+            wipe()
+
+    wiper = threading.Thread(target=keep_wiping, name="replica-wiper", daemon=True)
+    wiper.start()
     began = time.monotonic()
-    result = _verify(stack.base_url, replica_url, "--timeout", "15", heartbeat_url=f"{heartbeats.url}/verify")
+    try:
+        result = _verify(
+            stack.base_url, replica_url, "--timeout", "15", heartbeat_url=f"{heartbeats.url}/verify"
+        )
+    finally:
+        checked.set()
+        wiper.join()
     elapsed = time.monotonic() - began
 
     lines = result.stdout.strip().splitlines()
