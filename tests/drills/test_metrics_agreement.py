@@ -18,6 +18,7 @@ shows an upload outage counts nothing).
 """
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -324,10 +325,14 @@ def test_the_slo_rules_and_panels_evaluate_on_a_running_stack(
         expected = set(slo_panel_expressions()) - REPLICATED_ONLY_SLOS
 
         def recorded() -> bool:
-            found = {
-                item["metric"]["slo"] for item in query(base, f'slo:sli_error:ratio_rate5m{{app="{APP}"}}')
-            }
-            return found >= expected
+            # A number in every window: an evaluation that saw a single scrape of a series gives 0/0
+            # (NaN) until the next one.
+            for window in SLI_WINDOWS:
+                items = query(base, f'slo:sli_error:ratio_rate{window}{{app="{APP}"}}')
+                values = {item["metric"]["slo"]: float(item["value"][1]) for item in items}
+                if not expected <= values.keys() or any(math.isnan(values[slo]) for slo in expected):
+                    return False
+            return True
 
         wait_until(recorded, timeout=30, what="the SLO rules recorded no indicator for every objective")
         with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as response:
